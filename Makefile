@@ -1,0 +1,55 @@
+# Two commands: `make run` (everything, locally, with a demo payment) and `make test` (the whole suite).
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PORT ?= 8000
+PGHOST ?= 127.0.0.1
+export DEBUG ?= 1
+export DATABASE_URL ?= postgres://postgres@$(PGHOST):5432/payments
+export REDIS_URL ?= redis://127.0.0.1:6379/0
+export PUBLIC_BASE_URL ?= http://127.0.0.1:$(PORT)
+export PORT
+
+.PHONY: run test demo bench-api venv db migrate clean
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip check
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Create the database named in DATABASE_URL if it is missing.
+db: venv
+	$(PY) -m payments_site.createdb
+
+migrate: db
+	$(PY) manage.py migrate --noinput
+
+run: migrate
+	@mkdir -p .dev
+	@$(PY) manage.py setup_demo > /dev/null
+	@echo
+	@echo "API base URL:  http://127.0.0.1:$(PORT)/api/v1/   (docs: http://127.0.0.1:$(PORT)/api/docs/, admin: /admin/ admin/admin)"
+	@echo "Demo key:      $$(cat .dev/demo_key)"
+	@echo "Create an order:"
+	@echo "  curl -s http://127.0.0.1:$(PORT)/api/v1/orders -H \"Authorization: Bearer $$(cat .dev/demo_key)\" \\"
+	@echo "    -H 'Content-Type: application/json' -H \"Idempotency-Key: $$RANDOM$$RANDOM\" \\"
+	@echo "    -d '{\"merchant_order_no\": \"A-'$$RANDOM'\", \"amount\": 1050, \"currency\": \"CNY\", \"channel\": \"sandbox\"}'"
+	@echo "Then, in another terminal: make demo"
+	@echo
+	LOG_FORMAT=console $(VENV)/bin/honcho -f Procfile start
+
+demo: venv
+	$(PY) -m payments_site.demo --base-url http://127.0.0.1:$(PORT) --key-file .dev/demo_key
+
+test: venv
+	DEBUG=0 SECRET_KEY=test-only-secret-key $(PY) -m pytest $(PYTEST_ARGS)
+
+bench-api: migrate
+	DEBUG=0 SECRET_KEY=bench-only-secret-key $(PY) bench/api_create.py
+
+clean:
+	rm -rf $(VENV) .dev .pytest_cache

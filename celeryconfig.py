@@ -1,0 +1,59 @@
+"""Celery settings (``payments_site/celery.py`` loads this module).
+
+Tasks are acknowledged late and re-delivered when a worker dies, so every task must be safe to run twice.
+Each kind of work has its own queue so that a slow channel or a nightly run never starves callbacks.
+"""
+
+import environ
+from kombu import Queue
+
+env = environ.Env()
+
+broker_url = env.str("CELERY_BROKER_URL", default=env.str("REDIS_URL", default="redis://127.0.0.1:6379/0"))
+# Results are not used: state that matters lives in PostgreSQL.
+task_ignore_result = True
+result_backend = None
+
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+timezone = "UTC"
+enable_utc = True
+
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 1
+task_soft_time_limit = 60
+task_time_limit = 90
+worker_hijack_root_logger = False
+broker_connection_retry_on_startup = True
+# Redis re-delivers an unacknowledged task after this long; it must exceed the longest countdown or ETA
+# we schedule (retry_backoff_max), or a delayed retry would run twice.
+broker_transport_options = {"visibility_timeout": 2 * 3600}
+
+QUEUES = ("charges", "callbacks", "refunds", "webhooks", "reconciliation")
+task_queues = [Queue(name) for name in QUEUES]
+task_default_queue = "charges"
+task_routes = {
+    "payments.tasks.charge_order": {"queue": "charges"},
+    "payments.tasks.query_order": {"queue": "charges"},
+    "payments.tasks.close_order": {"queue": "charges"},
+    "payments.tasks.process_notification": {"queue": "callbacks"},
+    "payments.tasks.refund_order": {"queue": "refunds"},
+    "payments.tasks.sweep_*": {"queue": "charges"},
+    "reconciliation.tasks.*": {"queue": "reconciliation"},
+}
+
+_sweep_every = env.int("SWEEP_INTERVAL_S", default=30)
+beat_schedule = {
+    "sweep-created-orders": {"task": "payments.tasks.sweep_created_orders", "schedule": _sweep_every},
+    "sweep-pending-orders": {"task": "payments.tasks.sweep_pending_orders", "schedule": _sweep_every},
+    "sweep-expired-orders": {"task": "payments.tasks.sweep_expired_orders", "schedule": _sweep_every},
+    "sweep-refunds": {"task": "payments.tasks.sweep_refunds", "schedule": _sweep_every},
+    "sweep-notifications": {"task": "payments.tasks.sweep_notifications", "schedule": _sweep_every},
+}
+
+# Enqueueing happens after commit, in the request: if the broker is down, give up quickly (the sweeps
+# re-enqueue from the database) instead of holding the merchant's request for long.
+task_publish_retry_policy = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+broker_connection_timeout = 2

@@ -1,0 +1,195 @@
+"""The one interface every payment channel implements, and the four kinds of outcome.
+
+Every channel call ends in exactly one of:
+- a definite answer: the method returns a result (accepted, paid, closed, refunded, not found);
+- ``Refused``: the channel said no for good (risk control, trade closed, amount too large); do not retry;
+- ``Retryable``: the request did not take effect (connect failure, 5xx, SYSTEM_ERROR, rate limited);
+  retry later with backoff;
+- ``UnknownOutcome``: the request may or may not have taken effect (read timeout after sending, an answer
+  whose signature does not verify); never resend blindly, query the channel first.
+Callers act on these kinds only; raw channel codes stay inside each channel's package.
+"""
+
+from __future__ import annotations
+
+import abc
+import datetime as dt
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+class ChannelError(Exception):
+    """Base of the channel outcome errors. ``code`` is our internal failure code."""
+
+    def __init__(self, message: str, *, code: str = "channel_error", retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retry_after_s = retry_after_s
+
+
+class Retryable(ChannelError):
+    """The request did not take effect; the same request may be sent again later."""
+
+
+class UnknownOutcome(ChannelError):
+    """The request may have taken effect; query before doing anything else."""
+
+
+class Refused(ChannelError):
+    """A definite no from the channel. ``code`` says why, in our words."""
+
+
+class InvalidNotification(Exception):
+    """An inbound notification that failed verification or parsing; nothing in it may be trusted."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class TradeStatus(enum.StrEnum):
+    WAITING = "waiting"  # the channel holds the trade and waits for the payer
+    SUCCEEDED = "succeeded"
+    CLOSED = "closed"
+    NOT_FOUND = "not_found"
+
+
+class RefundStatus(enum.StrEnum):
+    PROCESSING = "processing"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    NOT_FOUND = "not_found"
+
+
+@dataclass(frozen=True)
+class TradeResult:
+    out_trade_no: str
+    status: TradeStatus
+    amount: int | None = None
+    currency: str | None = None
+    pay_url: str | None = None
+    channel_trade_no: str | None = None
+    paid_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class RefundResult:
+    out_refund_no: str
+    status: RefundStatus
+    amount: int | None = None
+    currency: str | None = None
+    channel_refund_no: str | None = None
+    succeeded_at: dt.datetime | None = None
+    failure_code: str | None = None
+
+
+@dataclass(frozen=True)
+class Notification:
+    """A verified inbound notification. ``notification_id`` is the channel's own id, stable across retries."""
+
+    notification_id: str
+    out_trade_no: str
+    trade: TradeResult | None = None
+    refund: RefundResult | None = None
+
+
+@dataclass(frozen=True)
+class NotificationReply:
+    """What the channel expects to hear back for a notification."""
+
+    status: int
+    body: bytes = b""
+    content_type: str = "text/plain"
+
+
+@dataclass(frozen=True)
+class BillRow:
+    kind: str  # "payment" or "refund"
+    out_trade_no: str
+    amount: int
+    currency: str
+    status: str
+    channel_trade_no: str | None = None
+    out_refund_no: str | None = None
+    channel_refund_no: str | None = None
+    completed_at: dt.datetime | None = None
+
+
+class Channel(abc.ABC):
+    """One payment channel. Implementations are stateless apart from configuration and an HTTP client."""
+
+    name: str
+    currencies: frozenset[str]
+
+    @abc.abstractmethod
+    def create_trade(
+        self,
+        *,
+        out_trade_no: str,
+        amount: int,
+        currency: str,
+        description: str,
+        notify_url: str,
+        expires_at: dt.datetime,
+    ) -> TradeResult: ...
+
+    @abc.abstractmethod
+    def query_trade(self, *, out_trade_no: str) -> TradeResult: ...
+
+    @abc.abstractmethod
+    def close_trade(self, *, out_trade_no: str) -> TradeResult:
+        """Close an unpaid trade. Answers the trade as the channel now has it: a paid trade comes back
+        ``SUCCEEDED`` rather than as an error, because the caller must then record the payment."""
+
+    @abc.abstractmethod
+    def refund(
+        self, *, out_trade_no: str, out_refund_no: str, amount: int, total_amount: int, currency: str, reason: str
+    ) -> RefundResult: ...
+
+    @abc.abstractmethod
+    def query_refund(self, *, out_trade_no: str, out_refund_no: str) -> RefundResult: ...
+
+    @abc.abstractmethod
+    def parse_notification(self, *, headers: Mapping[str, str], body: bytes) -> Notification:
+        """Verify and parse an inbound notification; raise ``InvalidNotification`` if anything is off."""
+
+    @abc.abstractmethod
+    def notification_reply(self, *, accepted: bool) -> NotificationReply: ...
+
+    @abc.abstractmethod
+    def download_bill(self, *, day: dt.date) -> list[BillRow]: ...
+
+
+def notification_to_dict(notification: Notification) -> dict:
+    """A JSON-safe form of a verified notification, to store and apply later without re-verifying."""
+
+    def plain(obj: object) -> dict | None:
+        if obj is None:
+            return None
+        return {k: (v.isoformat() if isinstance(v, dt.datetime) else str(v) if isinstance(v, enum.Enum) else v)
+                for k, v in vars(obj).items()}
+
+    return {
+        "notification_id": notification.notification_id,
+        "out_trade_no": notification.out_trade_no,
+        "trade": plain(notification.trade),
+        "refund": plain(notification.refund),
+    }
+
+
+def notification_from_dict(data: Mapping) -> Notification:
+    def when(value: str | None) -> dt.datetime | None:
+        return dt.datetime.fromisoformat(value) if value else None
+
+    trade = refund = None
+    if data.get("trade"):
+        t = dict(data["trade"])
+        trade = TradeResult(**{**t, "status": TradeStatus(t["status"]), "paid_at": when(t.get("paid_at"))})
+    if data.get("refund"):
+        r = dict(data["refund"])
+        refund = RefundResult(
+            **{**r, "status": RefundStatus(r["status"]), "succeeded_at": when(r.get("succeeded_at"))}
+        )
+    return Notification(data["notification_id"], data["out_trade_no"], trade=trade, refund=refund)

@@ -1,0 +1,86 @@
+"""Ops' view of the money path. Money state is read-only here: changes go through services."""
+
+from django.contrib import admin, messages
+
+from payments import services
+from payments.models import ApiKey, ChannelNotification, Event, IdempotencyRecord, Merchant, Order, Refund, TransitionLog
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Merchant)
+class MerchantAdmin(admin.ModelAdmin):
+    list_display = ("name", "public_id", "per_order_limit", "rate_limit_per_s", "is_active", "created_at")
+    readonly_fields = ("public_id", "created_at")
+    exclude = ("webhook_secret",)
+    actions = ["rotate_key"]
+
+    @admin.action(description="Revoke the keys and issue a new secret key")
+    def rotate_key(self, request, queryset):
+        for merchant in queryset:
+            key = services.api_key_rotate(merchant=merchant)
+            # Shown once, to the ops user who rotated it; only its hash is stored.
+            self.message_user(request, f"{merchant.name}: new secret key {key}", messages.WARNING)
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(ReadOnlyAdmin):
+    list_display = ("prefix", "merchant", "scopes", "created_at", "revoked_at")
+
+
+class RefundInline(admin.TabularInline):
+    model = Refund
+    fields = ("public_id", "merchant_refund_no", "amount", "status", "attention", "created_at")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+
+@admin.register(Order)
+class OrderAdmin(ReadOnlyAdmin):
+    list_display = ("public_id", "merchant", "merchant_order_no", "amount", "currency", "channel", "status",
+                    "attention", "created_at")
+    list_filter = ("status", "channel", "attention")
+    search_fields = ("public_id", "merchant_order_no", "channel_trade_no", "trace_id")
+    inlines = [RefundInline]
+
+
+@admin.register(Refund)
+class RefundAdmin(ReadOnlyAdmin):
+    list_display = ("public_id", "order", "amount", "currency", "status", "attention", "created_at")
+    list_filter = ("status", "attention")
+    search_fields = ("public_id", "merchant_refund_no", "order__public_id")
+
+
+@admin.register(TransitionLog)
+class TransitionLogAdmin(ReadOnlyAdmin):
+    list_display = ("created_at", "object_type", "object_id", "transition", "from_state", "to_state", "source", "trace_id")
+    list_filter = ("object_type", "source", "transition")
+    search_fields = ("object_id", "trace_id")
+
+
+@admin.register(ChannelNotification)
+class ChannelNotificationAdmin(ReadOnlyAdmin):
+    list_display = ("received_at", "channel", "channel_notification_id", "state", "reason", "order")
+    list_filter = ("channel", "state", "reason")
+    search_fields = ("channel_notification_id", "order__public_id")
+
+
+@admin.register(Event)
+class EventAdmin(ReadOnlyAdmin):
+    list_display = ("public_id", "merchant", "type", "created_at")
+    list_filter = ("type",)
+
+
+@admin.register(IdempotencyRecord)
+class IdempotencyRecordAdmin(ReadOnlyAdmin):
+    list_display = ("merchant", "key", "state", "response_status", "created_at", "expires_at")

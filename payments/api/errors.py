@@ -1,0 +1,105 @@
+"""The error envelope of API.md, and the mapping of every exception a view can raise onto it."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.db import OperationalError
+from django.http import Http404
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+
+from channels.base import ChannelError
+from payments.observability import current_trace_id
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    def __init__(
+        self, status_code: int, type: str, code: str, message: str, *, param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code, self.type, self.code, self.message, self.param = status_code, type, code, message, param
+        self.headers = headers or {}
+
+
+def invalid(code: str, message: str, param: str | None = None) -> ApiError:
+    return ApiError(400, "invalid_request_error", code, message, param=param)
+
+
+def not_found(what: str = "object") -> ApiError:
+    return ApiError(404, "invalid_request_error", "not_found", f"no such {what}")
+
+
+def envelope(error: ApiError) -> Response:
+    body: dict[str, Any] = {"type": error.type, "code": error.code, "message": error.message}
+    if error.param:
+        body["param"] = error.param
+    body["trace_id"] = current_trace_id()
+    return Response({"error": body}, status=error.status_code, headers=error.headers)
+
+
+# DRF's own validation codes, in our words; codes our fields raise themselves pass through unchanged.
+GENERIC_CODES = {"required": "parameter_missing", "null": "parameter_invalid", "blank": "parameter_invalid"}
+
+
+def _first_validation_error(detail: Any, param: str | None = None) -> tuple[str | None, exceptions.ErrorDetail]:
+    if isinstance(detail, dict):
+        name, value = next(iter(detail.items()))
+        param = name if name != "non_field_errors" else param
+        return _first_validation_error(value, param)
+    if isinstance(detail, list):
+        return _first_validation_error(detail[0], param)
+    return param, detail
+
+
+def from_validation_error(exc: exceptions.ValidationError) -> ApiError:
+    param, detail = _first_validation_error(exc.detail)
+    raw = getattr(detail, "code", "invalid") or "invalid"
+    code = GENERIC_CODES.get(raw) or (raw if "_" in raw else "parameter_invalid")
+    return invalid(code, str(detail), param)
+
+
+def exception_handler(exc: Exception, context: dict) -> Response:
+    if isinstance(exc, ApiError):
+        return envelope(exc)
+    if isinstance(exc, exceptions.ValidationError):
+        return envelope(from_validation_error(exc))
+    if isinstance(exc, exceptions.ParseError):
+        return envelope(invalid("invalid_json", "the request body is not valid JSON"))
+    if isinstance(exc, exceptions.UnsupportedMediaType):
+        return envelope(invalid("unsupported_media_type", "send JSON with Content-Type: application/json"))
+    if isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)):
+        return envelope(
+            ApiError(401, "authentication_error", "authentication_failed", "a valid secret key is required",
+                     headers={"WWW-Authenticate": 'Bearer realm="api"'})
+        )
+    if isinstance(exc, (Http404, exceptions.NotFound)):
+        return envelope(not_found())
+    if isinstance(exc, exceptions.MethodNotAllowed):
+        return envelope(ApiError(405, "invalid_request_error", "method_not_allowed", str(exc.detail)))
+    if isinstance(exc, exceptions.Throttled):
+        wait = max(1, int(exc.wait or 1))
+        return envelope(
+            ApiError(429, "rate_limit_error", "rate_limited", "too many requests; slow down",
+                     headers={"Retry-After": str(wait)})
+        )
+    if isinstance(exc, exceptions.PermissionDenied):
+        return envelope(ApiError(403, "invalid_request_error", "permission_denied", str(exc.detail)))
+    if isinstance(exc, ChannelError):
+        log.warning("channel error answered to merchant: %s", exc.code)
+        return envelope(
+            ApiError(502, "channel_error", exc.code, "the payment channel is unavailable; retry with the same key")
+        )
+    if isinstance(exc, OperationalError):
+        log.exception("database unavailable")
+        return envelope(
+            ApiError(503, "api_error", "service_unavailable", "the service is unavailable; retry with the same key")
+        )
+    log.exception("unhandled error in API view")
+    return envelope(
+        ApiError(status.HTTP_500_INTERNAL_SERVER_ERROR, "api_error", "internal_error", "an internal error occurred")
+    )

@@ -1,0 +1,305 @@
+"""Merchants, keys, orders, refunds and the records that make the money path auditable.
+
+Money is an integer of minor units plus an ISO 4217 currency. Order and refund states change only through
+the named django-fsm transitions below, fired by ``payments.services`` on a locked row.
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+
+from django.conf import settings
+from django.db import models
+from django.db.models import F, Q
+from django_fsm import FSMField, FSMModelMixin, transition
+
+_ALPHABET = string.ascii_letters + string.digits
+
+
+def public_id(prefix: str) -> str:
+    """An opaque id such as ``ord_3Xk…``: 4 + 24 characters, within the channels' 32-character limit."""
+    return prefix + "".join(secrets.choice(_ALPHABET) for _ in range(24))
+
+
+# Module-level so that migrations can refer to them.
+def new_merchant_id() -> str:
+    return public_id("mch_")
+
+
+def new_order_id() -> str:
+    return public_id("ord_")
+
+
+def new_refund_id() -> str:
+    return public_id("rfd_")
+
+
+def new_event_id() -> str:
+    return public_id("evt_")
+
+
+def _id_field(default) -> models.CharField:  # type: ignore[no-untyped-def]
+    return models.CharField(max_length=32, unique=True, editable=False, default=default)
+
+
+class Merchant(models.Model):
+    public_id = _id_field(new_merchant_id)
+    name = models.CharField(max_length=200, unique=True)
+    per_order_limit = models.BigIntegerField(default=settings.DEFAULT_PER_ORDER_LIMIT)
+    rate_limit_per_s = models.PositiveIntegerField(default=settings.DEFAULT_RATE_LIMIT_PER_S)
+    default_notify_url = models.URLField(max_length=500, blank=True)
+    webhook_secret = models.CharField(max_length=100, editable=False)
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    # A merchant is the authenticated principal of an API request (``request.user``).
+    is_authenticated = True
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.public_id})"
+
+
+class ApiKey(models.Model):
+    """A merchant's secret key. Only its SHA-256 is stored: keys are 192-bit random, so a fast hash is enough
+    (as with Stripe or GitHub tokens), and lookups stay one indexed equality."""
+
+    merchant = models.ForeignKey(Merchant, on_delete=models.CASCADE, related_name="api_keys")
+    prefix = models.CharField(max_length=16, help_text="The first characters, to recognise the key.")
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    scopes = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.merchant.name})"
+
+
+class OrderStatus(models.TextChoices):
+    CREATED = "created"
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CLOSED = "closed"
+    PARTIALLY_REFUNDED = "partially_refunded"
+    REFUNDED = "refunded"
+
+
+S = OrderStatus
+OPEN_ORDER_STATES = [S.CREATED, S.PENDING]
+PAID_ORDER_STATES = [S.SUCCEEDED, S.PARTIALLY_REFUNDED]
+
+
+class Order(FSMModelMixin, models.Model):
+    public_id = _id_field(new_order_id)
+    merchant = models.ForeignKey(Merchant, on_delete=models.PROTECT, related_name="orders")
+    merchant_order_no = models.CharField(max_length=64)
+    amount = models.BigIntegerField()
+    currency = models.CharField(max_length=3)
+    channel = models.CharField(max_length=16)
+    status = FSMField(default=S.CREATED, choices=OrderStatus.choices, protected=True, db_index=True)
+    description = models.CharField(max_length=127, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    notify_url = models.URLField(max_length=500, blank=True)
+    pay_url = models.URLField(max_length=1000, blank=True)
+    channel_trade_no = models.CharField(max_length=64, blank=True)
+    amount_refunded = models.BigIntegerField(default=0)
+    failure_code = models.CharField(max_length=64, blank=True)
+    failure_message = models.CharField(max_length=255, blank=True)
+    # Work the order needs from ops (retries exhausted, paid after close); empty when none.
+    attention = models.CharField(max_length=64, blank=True, db_index=True)
+    charge_attempts = models.PositiveIntegerField(default=0)
+    trace_id = models.CharField(max_length=32, blank=True, help_text="Trace of the request that created it.")
+    expires_at = models.DateTimeField()
+    paid_at = models.DateTimeField(null=True, blank=True)
+    last_channel_check_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["merchant", "merchant_order_no"], name="order_merchant_order_no_uniq"),
+            models.CheckConstraint(condition=Q(amount__gt=0), name="order_amount_positive"),
+            models.CheckConstraint(
+                condition=Q(amount_refunded__gte=0) & Q(amount_refunded__lte=F("amount")),
+                name="order_amount_refunded_within_amount",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["merchant", "-id"], name="order_merchant_recent"),
+            models.Index(fields=["status", "updated_at"], name="order_status_updated"),
+        ]
+
+    def __str__(self) -> str:
+        return self.public_id
+
+    @transition(field=status, source=S.CREATED, target=S.PENDING)
+    def mark_pending(self, *, pay_url: str, channel_trade_no: str = "") -> None:
+        self.pay_url = pay_url
+        self.channel_trade_no = channel_trade_no or self.channel_trade_no
+
+    @transition(field=status, source=OPEN_ORDER_STATES, target=S.SUCCEEDED)
+    def mark_succeeded(self, *, paid_at, channel_trade_no: str) -> None:  # type: ignore[no-untyped-def]
+        self.paid_at = paid_at
+        self.channel_trade_no = channel_trade_no or self.channel_trade_no
+
+    @transition(field=status, source=OPEN_ORDER_STATES, target=S.FAILED)
+    def mark_failed(self, *, code: str, message: str) -> None:
+        self.failure_code = code
+        self.failure_message = message[:255]
+
+    @transition(field=status, source=OPEN_ORDER_STATES, target=S.CLOSED)
+    def mark_closed(self) -> None:
+        pass
+
+    @transition(field=status, source=PAID_ORDER_STATES, target=S.PARTIALLY_REFUNDED)
+    def record_partial_refund(self, *, amount: int) -> None:
+        self.amount_refunded += amount
+
+    @transition(field=status, source=PAID_ORDER_STATES, target=S.REFUNDED)
+    def record_full_refund(self, *, amount: int) -> None:
+        self.amount_refunded += amount
+
+
+class RefundStatus(models.TextChoices):
+    PENDING = "pending"
+    PROCESSING = "processing"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+R = RefundStatus
+
+
+class Refund(FSMModelMixin, models.Model):
+    public_id = _id_field(new_refund_id)
+    order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="refunds")
+    merchant_refund_no = models.CharField(max_length=64)
+    amount = models.BigIntegerField()
+    currency = models.CharField(max_length=3)
+    status = FSMField(default=R.PENDING, choices=RefundStatus.choices, protected=True, db_index=True)
+    reason = models.CharField(max_length=127, blank=True)
+    channel_refund_no = models.CharField(max_length=64, blank=True)
+    failure_code = models.CharField(max_length=64, blank=True)
+    failure_message = models.CharField(max_length=255, blank=True)
+    attention = models.CharField(max_length=64, blank=True, db_index=True)
+    submit_attempts = models.PositiveIntegerField(default=0)
+    trace_id = models.CharField(max_length=32, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    succeeded_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["order", "merchant_refund_no"], name="refund_order_refund_no_uniq"),
+            models.CheckConstraint(condition=Q(amount__gt=0), name="refund_amount_positive"),
+        ]
+        indexes = [models.Index(fields=["status", "updated_at"], name="refund_status_updated")]
+
+    def __str__(self) -> str:
+        return self.public_id
+
+    @transition(field=status, source=R.PENDING, target=R.PROCESSING)
+    def mark_processing(self, *, channel_refund_no: str = "") -> None:
+        self.channel_refund_no = channel_refund_no or self.channel_refund_no
+
+    @transition(field=status, source=R.PROCESSING, target=R.SUCCEEDED)
+    def mark_succeeded(self, *, succeeded_at, channel_refund_no: str = "") -> None:  # type: ignore[no-untyped-def]
+        self.succeeded_at = succeeded_at
+        self.channel_refund_no = channel_refund_no or self.channel_refund_no
+
+    @transition(field=status, source=[R.PENDING, R.PROCESSING], target=R.FAILED)
+    def mark_failed(self, *, code: str, message: str) -> None:
+        self.failure_code = code
+        self.failure_message = message[:255]
+
+
+class IdempotencyRecord(models.Model):
+    """One merchant request made under an ``Idempotency-Key``: claimed before it runs, then its answer."""
+
+    class State(models.TextChoices):
+        IN_FLIGHT = "in_flight"
+        COMPLETED = "completed"
+
+    merchant = models.ForeignKey(Merchant, on_delete=models.CASCADE)
+    key = models.CharField(max_length=255)
+    fingerprint = models.CharField(max_length=64, help_text="SHA-256 of method, path and body.")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.IN_FLIGHT)
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    response_body = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["merchant", "key"], name="idempotency_merchant_key_uniq")]
+
+
+class TransitionLog(models.Model):
+    """Every state change of an order or a refund: which transition, from where, by whom, in which trace."""
+
+    class Source(models.TextChoices):
+        API = "api"
+        WORKER = "worker"
+        CALLBACK = "callback"
+        SWEEP = "sweep"
+        ADMIN = "admin"
+        RECONCILIATION = "reconciliation"
+
+    object_type = models.CharField(max_length=16)
+    object_id = models.CharField(max_length=32, db_index=True)
+    transition = models.CharField(max_length=64)
+    from_state = models.CharField(max_length=32)
+    to_state = models.CharField(max_length=32)
+    source = models.CharField(max_length=16, choices=Source.choices)
+    trace_id = models.CharField(max_length=32, blank=True)
+    detail = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+
+class Event(models.Model):
+    """A merchant-facing event (``order.succeeded``…): the unit that webhooks deliver."""
+
+    public_id = _id_field(new_event_id)
+    merchant = models.ForeignKey(Merchant, on_delete=models.CASCADE, related_name="events")
+    type = models.CharField(max_length=32, db_index=True)
+    order = models.ForeignKey(Order, on_delete=models.CASCADE, null=True, related_name="events")
+    refund = models.ForeignKey(Refund, on_delete=models.CASCADE, null=True, related_name="events")
+    data = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["merchant", "-id"], name="event_merchant_recent")]
+
+
+class ChannelNotification(models.Model):
+    """An inbound notification from a channel, stored raw before anything acts on it."""
+
+    class State(models.TextChoices):
+        RECEIVED = "received"  # verified and stored; a worker will apply it
+        PROCESSED = "processed"
+        REJECTED = "rejected"  # failed verification or did not match the order; changed nothing
+
+    channel = models.CharField(max_length=16)
+    # The channel's own id, stable across its retries. Null when the notification could not be verified:
+    # nothing in it can be trusted, not even its id.
+    channel_notification_id = models.CharField(max_length=128, null=True, blank=True)
+    headers = models.JSONField(default=dict, help_text="Request headers, signatures removed.")
+    body = models.TextField()
+    # What the channel's adapter verified and parsed out of the body (``channels.base.notification_to_dict``).
+    payload = models.JSONField(null=True, blank=True)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.RECEIVED, db_index=True)
+    reason = models.CharField(max_length=64, blank=True)
+    order = models.ForeignKey(Order, on_delete=models.SET_NULL, null=True, blank=True, related_name="notifications")
+    trace_id = models.CharField(max_length=32, blank=True)
+    received_at = models.DateTimeField(auto_now_add=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["channel", "channel_notification_id"], name="notification_channel_id_uniq"
+            )
+        ]

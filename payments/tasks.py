@@ -1,0 +1,119 @@
+"""Celery tasks: thin. Each takes ids, calls one service, and owns only its retry policy.
+
+Channel outcomes that mean "try later" (``Retryable``, ``UnknownOutcome``) retry with exponential backoff
+and jitter; the services query before they resend, so a retry never makes a second trade or refund. When
+the retries run out, the order or refund is flagged for ops instead of being dropped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+from celery import Task, shared_task
+from django.conf import settings
+from django.db import OperationalError
+from django.utils import timezone
+
+from channels.base import Retryable, UnknownOutcome
+from payments import selectors, services
+
+log = logging.getLogger(__name__)
+
+RETRY_POLICY: dict[str, Any] = {
+    "autoretry_for": (Retryable, UnknownOutcome, OperationalError),
+    "retry_backoff": settings.TASK_RETRY_BACKOFF_S,
+    "retry_backoff_max": settings.TASK_RETRY_BACKOFF_MAX_S,
+    "retry_jitter": True,
+    "max_retries": settings.TASK_MAX_RETRIES,
+}
+
+
+class FlagOnExhaustion(Task):
+    """When a task gives up, leave its order or refund visibly stuck for ops."""
+
+    abstract = True
+
+    def on_failure(self, exc: BaseException, task_id: str, args: tuple, kwargs: dict, einfo: Any) -> None:
+        object_id = kwargs.get("order_id", kwargs.get("refund_id", args[0] if args else None))
+        reason = f"{self.name.rsplit('.', 1)[-1]}_exhausted:{getattr(exc, 'code', type(exc).__name__)}"
+        log.error("task %s gave up on %s: %s", self.name, object_id, exc, extra={"task": self.name, "key_path": True})
+        if object_id is None:
+            return
+        if self.name.endswith("refund_order"):
+            services.refund_flag(refund_id=object_id, reason=reason)
+        else:
+            services.order_flag(order_id=object_id, reason=reason)
+
+
+@shared_task(base=FlagOnExhaustion, **RETRY_POLICY)
+def charge_order(order_id: int) -> None:
+    services.order_charge(order_id=order_id)
+
+
+@shared_task(**RETRY_POLICY)
+def query_order(order_id: int) -> None:
+    services.order_query(order_id=order_id)
+
+
+@shared_task(**RETRY_POLICY)
+def close_order(order_id: int) -> None:
+    services.order_expire(order_id=order_id)
+
+
+@shared_task(base=FlagOnExhaustion, **RETRY_POLICY)
+def refund_order(refund_id: int) -> None:
+    services.refund_submit(refund_id=refund_id)
+
+
+@shared_task(autoretry_for=(OperationalError,), retry_backoff=True, max_retries=settings.TASK_MAX_RETRIES)
+def process_notification(notification_id: int) -> None:
+    services.notification_apply(notification_id=notification_id)
+
+
+# -- beat sweeps: rebuild pending work from the database, so a broker that lost everything loses nothing --
+
+
+def _ago(seconds: int) -> dt.datetime:
+    return timezone.now() - dt.timedelta(seconds=seconds)
+
+
+@shared_task
+def sweep_created_orders() -> int:
+    ids = selectors.orders_awaiting_charge(before=_ago(settings.SWEEP_CREATED_AFTER_S))
+    for order_id in ids:
+        charge_order.delay(order_id)
+    return len(ids)
+
+
+@shared_task
+def sweep_pending_orders() -> int:
+    ids = selectors.orders_awaiting_news(before=_ago(settings.SWEEP_PENDING_QUERY_AFTER_S))
+    for order_id in ids:
+        query_order.delay(order_id)
+    return len(ids)
+
+
+@shared_task
+def sweep_expired_orders() -> int:
+    ids = selectors.orders_expired(now=timezone.now())
+    for order_id in ids:
+        close_order.delay(order_id)
+    return len(ids)
+
+
+@shared_task
+def sweep_refunds() -> int:
+    ids = selectors.refunds_unfinished(before=_ago(settings.SWEEP_REFUND_AFTER_S))
+    for refund_id in ids:
+        refund_order.delay(refund_id)
+    return len(ids)
+
+
+@shared_task
+def sweep_notifications() -> int:
+    ids = selectors.notifications_unprocessed(before=_ago(settings.SWEEP_NOTIFICATION_AFTER_S))
+    for notification_id in ids:
+        process_notification.delay(notification_id)
+    return len(ids)

@@ -1,0 +1,151 @@
+"""Settings, all from the environment (django-environ).
+
+Development defaults point at the local PostgreSQL and Redis. With DEBUG off there is no default for
+secrets: a missing SECRET_KEY fails loudly instead of running with a guessable one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+env = environ.Env()
+
+DEBUG = env.bool("DEBUG", default=False)
+SECRET_KEY = env.str("SECRET_KEY", default="")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
+    SECRET_KEY = "insecure-development-key-do-not-use-in-production"
+
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "testserver"])
+PUBLIC_BASE_URL = env.str("PUBLIC_BASE_URL", default="http://127.0.0.1:8000").rstrip("/")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "channels",
+    "payments",
+    "reconciliation",
+]
+
+MIDDLEWARE = [
+    "payments_site.tracing.TraceIdMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "payments_site.urls"
+WSGI_APPLICATION = "payments_site.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {"default": env.db("DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/payments")}
+# Never on: a request must not hold a transaction across a channel call.
+DATABASES["default"]["ATOMIC_REQUESTS"] = False
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / ".dev" / "static"
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["payments.api.auth.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "payments.api.errors.exception_handler",
+    "DEFAULT_THROTTLE_CLASSES": ["payments.api.auth.MerchantRateThrottle"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Payment processor API",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_AUTHENTICATION": [],
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+}
+
+# Payments
+DEFAULT_PER_ORDER_LIMIT = env.int("DEFAULT_PER_ORDER_LIMIT", default=100_000_000)
+DEFAULT_RATE_LIMIT_PER_S = env.int("DEFAULT_RATE_LIMIT_PER_S", default=100)
+IDEMPOTENCY_TTL_S = env.int("IDEMPOTENCY_TTL_S", default=24 * 3600)
+# Sweeps: how long work may sit before beat rebuilds it from the database.
+SWEEP_CREATED_AFTER_S = env.int("SWEEP_CREATED_AFTER_S", default=600)
+SWEEP_PENDING_QUERY_AFTER_S = env.int("SWEEP_PENDING_QUERY_AFTER_S", default=120)
+SWEEP_REFUND_AFTER_S = env.int("SWEEP_REFUND_AFTER_S", default=60)
+SWEEP_INTERVAL_S = env.int("SWEEP_INTERVAL_S", default=30)
+
+# Channels
+CHANNEL_CONNECT_TIMEOUT_S = env.float("CHANNEL_CONNECT_TIMEOUT_S", default=3.0)
+CHANNEL_READ_TIMEOUT_S = env.float("CHANNEL_READ_TIMEOUT_S", default=10.0)
+CHANNEL_WRITE_TIMEOUT_S = env.float("CHANNEL_WRITE_TIMEOUT_S", default=5.0)
+SANDBOX_API_BASE = env.str("SANDBOX_API_BASE", default="http://127.0.0.1:8101").rstrip("/")
+SANDBOX_MERCHANT_ID = env.str("SANDBOX_MERCHANT_ID", default="sbx_m_dev")
+SANDBOX_SECRET = env.str("SANDBOX_SECRET", default="dev-sandbox-secret" if DEBUG else "")
+
+# Logs: JSON lines by default, a console format for `make run` (LOG_FORMAT=console).
+LOG_FORMAT = env.str("LOG_FORMAT", default="json")
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"trace": {"()": "payments_site.tracing.TraceIdFilter"}},
+    "formatters": {
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "format": "%(asctime)s %(levelname)s %(name)s %(message)s %(trace_id)s",
+            "rename_fields": {"asctime": "timestamp", "levelname": "level", "name": "logger"},
+        },
+        "console": {"format": "%(asctime)s %(levelname)-7s %(name)s [%(trace_id)s] %(message)s"},
+    },
+    "handlers": {
+        "stdout": {
+            "class": "logging.StreamHandler",
+            "formatter": "json" if LOG_FORMAT == "json" else "console",
+            "filters": ["trace"],
+        }
+    },
+    "root": {"handlers": ["stdout"], "level": LOG_LEVEL},
+    "loggers": {"django.db.backends": {"level": "INFO"}},
+}
+SWEEP_NOTIFICATION_AFTER_S = env.int("SWEEP_NOTIFICATION_AFTER_S", default=30)
+TASK_RETRY_BACKOFF_S = env.int("TASK_RETRY_BACKOFF_S", default=2)
+TASK_RETRY_BACKOFF_MAX_S = env.int("TASK_RETRY_BACKOFF_MAX_S", default=300)
+TASK_MAX_RETRIES = env.int("TASK_MAX_RETRIES", default=8)

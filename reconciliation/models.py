@@ -1,0 +1,1 @@
+# Reconciliation runs, bill rows and discrepancies arrive with the reconciliation issue.
