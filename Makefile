@@ -46,7 +46,8 @@ demo: venv
 	$(PY) -m payments_site.demo --base-url http://127.0.0.1:$(PORT) --key-file .dev/demo_key
 
 test: venv
-	DEBUG=0 SECRET_KEY=test-only-secret-key $(PY) -m pytest $(PYTEST_ARGS)
+	DEBUG=0 SECRET_KEY=test-only-secret-key SANDBOX_SECRET=test-sandbox-secret REDIS_URL=redis://127.0.0.1:6379/15 \
+		$(PY) -m pytest $(PYTEST_ARGS)
 
 bench-api: migrate
 	DEBUG=0 SECRET_KEY=bench-only-secret-key $(PY) bench/api_create.py

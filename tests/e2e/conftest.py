@@ -1,0 +1,153 @@
+"""Real processes for the end-to-end tests: the sandbox simulator and a Celery worker.
+
+The worker is a separate process that reads the test database and the test Redis, exactly as in
+production; the simulator is the channel. Only the test's own process (the API and the callback endpoint,
+served by pytest-django's live server) shares memory with the test.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from django.conf import settings
+
+from channels.registry import get_channel
+from payments_site.celery import app as celery_app
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKER_NAME = "e2e@localhost"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(check: Callable[[], Any], *, timeout_s: float = 20, what: str = "condition") -> Any:
+    """Poll ``check`` until it returns something truthy; fail the test with ``what`` otherwise."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(0.1)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+class Simulator:
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.http = httpx.Client(base_url=base_url, timeout=10)
+
+    def reset(self) -> None:
+        self.http.post("/_sim/reset").raise_for_status()
+        self.http.post("/_sim/clock", json={"speed": 1000}).raise_for_status()
+
+    def fault(self, operation: str, mode: str, count: int | None = None, **extra: Any) -> None:
+        body = {"operation": operation, "mode": mode, **extra}
+        if count is not None:
+            body["count"] = count
+        self.http.post("/_sim/faults", json=body).raise_for_status()
+
+    def clear_faults(self) -> None:
+        self.http.delete("/_sim/faults").raise_for_status()
+
+    def trade(self, out_trade_no: str) -> dict:
+        response = self.http.get(f"/_sim/trades/{out_trade_no}")
+        return response.json() if response.status_code == 200 else {}
+
+
+@pytest.fixture(scope="session")
+def sandbox_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simulator]:
+    port = free_port()
+    log = (tmp_path_factory.mktemp("sim") / "sandbox.log").open("w")
+    env = {**os.environ, "SANDBOX_MERCHANT_ID": settings.SANDBOX_MERCHANT_ID, "SANDBOX_SECRET": settings.SANDBOX_SECRET}
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "run_simulator", "sandbox", "--port", str(port)],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    sim = Simulator(f"http://127.0.0.1:{port}")
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            pytest.fail("the simulator exited at start")
+        try:
+            return sim.http.post("/_sim/reset").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_until(up, what="the sandbox simulator")
+    # The test process verifies callbacks and closes orders itself: point it at this simulator.
+    previous = settings.SANDBOX_API_BASE
+    settings.SANDBOX_API_BASE = sim.base_url
+    get_channel.cache_clear()
+    yield sim
+    settings.SANDBOX_API_BASE = previous
+    get_channel.cache_clear()
+    _stop(proc)
+
+
+@pytest.fixture(scope="session")
+def worker(django_db_setup, live_server, sandbox_sim: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A real Celery worker process on the test database and the test Redis."""
+    redis.Redis.from_url(settings.REDIS_URL).flushdb()
+    db = settings.DATABASES["default"]
+    log_path = tmp_path_factory.mktemp("worker") / "worker.log"
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
+        "REDIS_URL": settings.REDIS_URL,
+        "SANDBOX_API_BASE": sandbox_sim.base_url,
+        "SANDBOX_MERCHANT_ID": settings.SANDBOX_MERCHANT_ID,
+        "SANDBOX_SECRET": settings.SANDBOX_SECRET,
+        "PUBLIC_BASE_URL": live_server.url,
+        "CHANNEL_READ_TIMEOUT_S": "2",
+        "TASK_RETRY_BACKOFF_S": "1",
+        "TASK_RETRY_BACKOFF_MAX_S": "2",
+        "TASK_MAX_RETRIES": "4",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "payments_site", "worker", "-P", "threads", "-c", "4",
+         "-n", WORKER_NAME, "-Q", "charges,callbacks,refunds,webhooks,reconciliation",
+         "--without-gossip", "--without-mingle", "-l", "INFO"],
+        cwd=ROOT, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT,
+    )
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            pytest.fail(f"the worker exited at start; see {log_path}")
+        return bool(celery_app.control.ping(destination=[WORKER_NAME], timeout=0.5))
+
+    wait_until(ready, timeout_s=30, what="the Celery worker")
+    yield log_path
+    _stop(proc)
+
+
+@pytest.fixture
+def e2e(transactional_db, worker: Path, sandbox_sim: Simulator, live_server) -> Iterator[Simulator]:
+    """A clean simulator (clock fast) and broker for one end-to-end test."""
+    sandbox_sim.reset()
+    celery_app.control.purge()
+    yield sandbox_sim
+    sandbox_sim.clear_faults()
