@@ -5,7 +5,7 @@ Each kind of work has its own queue so that a slow channel or a nightly run neve
 """
 
 import environ
-from kombu import Queue
+from kombu import Exchange, Queue
 
 env = environ.Env()
 
@@ -32,7 +32,9 @@ broker_connection_retry_on_startup = True
 broker_transport_options = {"visibility_timeout": 2 * 3600}
 
 QUEUES = ("charges", "callbacks", "refunds", "webhooks", "reconciliation")
-task_queues = [Queue(name) for name in QUEUES]
+# Each queue its own exchange and key: a bare Queue(name) would be bound to the default exchange and
+# key, and every queue would receive every message.
+task_queues = [Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES]
 task_default_queue = "charges"
 task_routes = {
     "payments.tasks.charge_order": {"queue": "charges"},
