@@ -8,7 +8,7 @@ export DEBUG ?= 1
 export DATABASE_URL ?= postgres://postgres@$(PGHOST):5432/payments
 export REDIS_URL ?= redis://127.0.0.1:6379/0
 export PUBLIC_BASE_URL ?= http://127.0.0.1:$(PORT)
-export PORT
+export WEB_PORT := $(PORT)
 
 .PHONY: run test demo bench-api venv db migrate clean
 
@@ -38,7 +38,7 @@ run: migrate
 	@echo "  curl -s http://127.0.0.1:$(PORT)/api/v1/orders -H \"Authorization: Bearer $$(cat .dev/demo_key)\" \\"
 	@echo "    -H 'Content-Type: application/json' -H \"Idempotency-Key: $$RANDOM$$RANDOM\" \\"
 	@echo "    -d '{\"merchant_order_no\": \"A-'$$RANDOM'\", \"amount\": 1050, \"currency\": \"CNY\", \"channel\": \"sandbox\"}'"
-	@echo "Then, in another terminal: make demo"
+	@echo "The demo process below shows a payment going through; run it again with: make demo"
 	@echo
 	LOG_FORMAT=console $(VENV)/bin/honcho -f Procfile start
 

@@ -20,6 +20,17 @@ def wait_for(client: httpx.Client, path: str, wanted: set[str], timeout_s: float
         time.sleep(0.3)
 
 
+def wait_ready(base_url: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(base_url + "/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+
+
 def show(label: str, obj: dict) -> None:
     extra = f" amount_refunded={obj['amount_refunded']}" if obj.get("object") == "order" else ""
     print(f"{label:<28} {obj['id']}  status={obj['status']}{extra}")
@@ -29,7 +40,10 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--base-url", default="http://127.0.0.1:8000")
     parser.add_argument("--key-file", default=".dev/demo_key")
+    parser.add_argument("--wait", action="store_true", help="wait for the web process to be ready first")
     args = parser.parse_args()
+    if args.wait:
+        wait_ready(args.base_url)
     key = Path(args.key_file).read_text().strip()
     client = httpx.Client(base_url=args.base_url + "/api/v1", headers={"Authorization": f"Bearer {key}"}, timeout=10)
 
@@ -58,8 +72,9 @@ def main() -> int:
         show(f"refund {amount}", refund)
         order = wait_for(client, f"/orders/{order['id']}", {"partially_refunded", "refunded"})
         show("order", order)
-    events = client.get("/events", params={"limit": 10}).json()["data"]
-    print("events:", ", ".join(event["type"] for event in reversed(events)))
+    events = client.get("/events", params={"limit": 100}).json()["data"]
+    ours = [e for e in events if order["id"] in (e["data"]["object"]["id"], e["data"]["object"].get("order"))]
+    print("events:", ", ".join(event["type"] for event in reversed(ours)))
     return 0 if order["status"] == "refunded" else 1
 
 
