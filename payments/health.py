@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from celery import current_app
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
-
-from payments.api.auth import _redis
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -21,7 +20,8 @@ def readyz(request: HttpRequest) -> JsonResponse:
     except Exception as exc:  # any failure means not ready; say which
         checks["database"] = f"error: {type(exc).__name__}"
     try:
-        _redis().ping()
+        with current_app.connection_for_write() as broker:
+            broker.ensure_connection(max_retries=1, interval_start=0, timeout=1)
         checks["broker"] = "ok"
     except Exception as exc:
         checks["broker"] = f"error: {type(exc).__name__}"

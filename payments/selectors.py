@@ -55,12 +55,16 @@ def notifications_unprocessed(*, before: dt.datetime) -> list[int]:
     )
 
 
-def _page(qs: QuerySet, *, limit: int, starting_after: str | None, model: type) -> tuple[list, bool]:
-    """Cursor pagination, newest first: the page after the object ``starting_after``."""
+def _page(qs: QuerySet, *, limit: int, starting_after: str | None, cursors: QuerySet) -> tuple[list, bool]:
+    """Cursor pagination, newest first: the page after the object ``starting_after``.
+
+    ``cursors`` is what the caller may see (the merchant's own objects, unfiltered, so that a row whose status
+    changed between two pages still works as a cursor): another merchant's id must not be a valid cursor, or
+    the answer would tell that the id exists."""
     if starting_after:
-        cursor = model.objects.filter(public_id=starting_after).values_list("id", flat=True).first()
+        cursor = cursors.filter(public_id=starting_after).values_list("id", flat=True).first()
         if cursor is None:
-            raise model.DoesNotExist(starting_after)
+            raise cursors.model.DoesNotExist(starting_after)
         qs = qs.filter(id__lt=cursor)
     rows = list(qs.order_by("-id")[: limit + 1])
     return rows[:limit], len(rows) > limit
@@ -79,16 +83,16 @@ def order_list(
         qs = qs.filter(created_at__gte=created_gte)
     if created_lt:
         qs = qs.filter(created_at__lt=created_lt)
-    return _page(qs, limit=limit, starting_after=starting_after, model=Order)
+    return _page(qs, limit=limit, starting_after=starting_after, cursors=Order.objects.filter(merchant=merchant))
 
 
 def refund_list(*, order: Order, limit: int, starting_after: str | None = None) -> tuple[list[Refund], bool]:
     qs = Refund.objects.filter(order=order).select_related("order")
-    return _page(qs, limit=limit, starting_after=starting_after, model=Refund)
+    return _page(qs, limit=limit, starting_after=starting_after, cursors=Refund.objects.filter(order=order))
 
 
 def event_list(*, merchant: Merchant, limit: int, starting_after: str | None = None, type: str | None = None) -> tuple[list[Event], bool]:
     qs = Event.objects.filter(merchant=merchant)
     if type:
         qs = qs.filter(type=type)
-    return _page(qs, limit=limit, starting_after=starting_after, model=Event)
+    return _page(qs, limit=limit, starting_after=starting_after, cursors=Event.objects.filter(merchant=merchant))

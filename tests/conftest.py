@@ -48,3 +48,48 @@ def client_b(merchant_b: Actor) -> APIClient:
 @pytest.fixture
 def outsider() -> APIClient:
     return APIClient()
+
+
+# -- API test helpers (appended for the API/FSM modules) -------------------------------------------------
+
+import re  # noqa: E402
+
+from channels.base import TradeResult, TradeStatus  # noqa: E402
+from payments.models import Order  # noqa: E402
+
+HEX32 = re.compile(r"^[0-9a-f]{32}$")
+
+
+@pytest.fixture
+def assert_api_error():
+    """Check a response against API.md's error envelope; returns the ``error`` object for further checks."""
+
+    def check(response, status: int, type: str, code: str, param: str | None = None) -> dict:
+        assert response.status_code == status, response.content
+        error = response.json()["error"]
+        assert set(error) == {"type", "code", "message", "param", "trace_id"}
+        assert (error["type"], error["code"], error["param"]) == (type, code, param)
+        assert error["message"]
+        assert HEX32.match(error["trace_id"])
+        assert error["trace_id"] == response["X-Trace-Id"]
+        return error
+
+    return check
+
+
+@pytest.fixture
+def paid_order():
+    """Make an order of ``actor`` and put it into ``succeeded`` through the real service, as a channel answer."""
+
+    def make(actor: Actor, *, amount: int = 1000, currency: str = "CNY", merchant_order_no: str = "PAID-1") -> Order:
+        order, _ = services.order_create(
+            merchant=actor.merchant, merchant_order_no=merchant_order_no, amount=amount, currency=currency,
+            channel="sandbox",
+        )
+        trade = TradeResult(
+            out_trade_no=order.public_id, status=TradeStatus.SUCCEEDED, amount=order.amount,
+            currency=order.currency, channel_trade_no="t1",
+        )
+        return services.order_apply_trade(order_id=order.pk, trade=trade, source="worker")
+
+    return make

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from functools import cache
 
 import redis
 from django.conf import settings
@@ -36,9 +36,20 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         return 'Bearer realm="api"'
 
 
-@cache
+_client: redis.Redis | None = None
+_client_lock = threading.Lock()
+
+
 def _redis() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=0.5, socket_connect_timeout=0.5)
+    """One client per process. Built under a lock: with ``functools.cache``, concurrent first calls each
+    built a client, and a losing one, once garbage collected, closed its connection pool under the thread
+    still using it (``ValueError: I/O operation on closed file``, a 500 instead of a throttle decision)."""
+    global _client
+    if _client is None:
+        with _client_lock:
+            if _client is None:
+                _client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=0.5, socket_connect_timeout=0.5)
+    return _client
 
 
 class MerchantRateThrottle(throttling.BaseThrottle):

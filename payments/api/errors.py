@@ -35,21 +35,28 @@ def not_found(what: str = "object") -> ApiError:
 
 
 def envelope(error: ApiError) -> Response:
-    body: dict[str, Any] = {"type": error.type, "code": error.code, "message": error.message}
-    if error.param:
-        body["param"] = error.param
-    body["trace_id"] = current_trace_id()
+    # Every error has the same five keys (API.md); ``param`` is null when no single field is at fault.
+    body: dict[str, Any] = {
+        "type": error.type, "code": error.code, "message": error.message, "param": error.param,
+        "trace_id": current_trace_id(),
+    }
     return Response({"error": body}, status=error.status_code, headers=error.headers)
 
 
 # DRF's own validation codes, in our words; codes our fields raise themselves pass through unchanged.
-GENERIC_CODES = {"required": "parameter_missing", "null": "parameter_invalid", "blank": "parameter_invalid"}
+GENERIC_CODES = {"required": "parameter_missing", "null": "parameter_invalid", "blank": "parameter_invalid"} | {
+    drf_code: "parameter_invalid"
+    for drf_code in ("max_length", "min_length", "max_value", "min_value", "max_string_length", "not_a_dict",
+                     "not_a_list", "invalid_choice", "empty")
+}
 
 
 def _first_validation_error(detail: Any, param: str | None = None) -> tuple[str | None, exceptions.ErrorDetail]:
     if isinstance(detail, dict):
         name, value = next(iter(detail.items()))
-        param = name if name != "non_field_errors" else param
+        # The top-level field names the parameter: a bad metadata value is ``metadata``, not its key.
+        if param is None and name != "non_field_errors":
+            param = name
         return _first_validation_error(value, param)
     if isinstance(detail, list):
         return _first_validation_error(detail[0], param)

@@ -57,7 +57,7 @@ class StrictCharField(serializers.CharField):
 
     def to_internal_value(self, data: Any) -> str:
         if not isinstance(data, str):
-            raise serializers.ValidationError(f"{self.field_name} must be a string", code="parameter_invalid")
+            raise serializers.ValidationError(f"{self.field_name or 'each value'} must be a string", code="parameter_invalid")
         return super().to_internal_value(data)
 
 
@@ -66,7 +66,10 @@ class StrictSerializer(serializers.Serializer):
 
     def to_internal_value(self, data: Any) -> Any:
         if not isinstance(data, dict):
-            raise serializers.ValidationError("the body must be a JSON object", code="parameter_invalid")
+            # As a dict of non-field errors, like DRF's own: a bare message here would make ``.errors`` crash.
+            raise serializers.ValidationError(
+                {"non_field_errors": [serializers.ErrorDetail("the body must be a JSON object", code="parameter_invalid")]}
+            )
         unknown = sorted(set(data) - set(self.fields))
         if unknown:
             raise serializers.ValidationError({unknown[0]: [serializers.ErrorDetail(f"unknown parameter {unknown[0]}", code="parameter_unknown")]})

@@ -78,7 +78,8 @@ class Simulator:
         return response.json() if response.status_code == 200 else {}
 
 
-@pytest.fixture(scope="session")
+# Package scope: the worker must be gone before other tests commit orders it would pick up.
+@pytest.fixture(scope="package")
 def sandbox_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simulator]:
     port = free_port()
     log = (tmp_path_factory.mktemp("sim") / "sandbox.log").open("w")
@@ -108,7 +109,7 @@ def sandbox_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simulator]
     _stop(proc)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def worker(django_db_setup, live_server, sandbox_sim: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A real Celery worker process on the test database and the test Redis."""
     redis.Redis.from_url(settings.REDIS_URL).flushdb()

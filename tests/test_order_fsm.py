@@ -1,0 +1,104 @@
+"""The order and refund state machines: exactly the transitions of API.md, nothing else."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+
+import pytest
+from django_fsm import TransitionNotAllowed
+
+from payments import services
+from payments.models import Order, OrderStatus, Refund, RefundStatus
+
+NOW = dt.datetime(2026, 11, 27, 8, 0, tzinfo=dt.UTC)
+
+ORDER_ARGS = {
+    "mark_pending": {"pay_url": "https://pay.example/qr"},
+    "mark_succeeded": {"paid_at": NOW, "channel_trade_no": "t1"},
+    "mark_failed": {"code": "channel_refused", "message": "no"},
+    "mark_closed": {},
+    "record_partial_refund": {"amount": 1},
+    "record_full_refund": {"amount": 1},
+}
+O = OrderStatus
+ORDER_ALLOWED = {
+    (O.CREATED, "mark_pending"): O.PENDING,
+    (O.CREATED, "mark_succeeded"): O.SUCCEEDED,
+    (O.CREATED, "mark_failed"): O.FAILED,
+    (O.CREATED, "mark_closed"): O.CLOSED,
+    (O.PENDING, "mark_succeeded"): O.SUCCEEDED,
+    (O.PENDING, "mark_failed"): O.FAILED,
+    (O.PENDING, "mark_closed"): O.CLOSED,
+    (O.SUCCEEDED, "record_partial_refund"): O.PARTIALLY_REFUNDED,
+    (O.SUCCEEDED, "record_full_refund"): O.REFUNDED,
+    (O.PARTIALLY_REFUNDED, "record_partial_refund"): O.PARTIALLY_REFUNDED,
+    (O.PARTIALLY_REFUNDED, "record_full_refund"): O.REFUNDED,
+}
+
+REFUND_ARGS = {
+    "mark_processing": {},
+    "mark_succeeded": {"succeeded_at": NOW},
+    "mark_failed": {"code": "channel_refund_failed", "message": "no"},
+}
+R = RefundStatus
+REFUND_ALLOWED = {
+    (R.PENDING, "mark_processing"): R.PROCESSING,
+    (R.PENDING, "mark_failed"): R.FAILED,
+    (R.PROCESSING, "mark_succeeded"): R.SUCCEEDED,
+    (R.PROCESSING, "mark_failed"): R.FAILED,
+}
+
+
+@pytest.mark.parametrize("model, table", [(Order, ORDER_ARGS), (Refund, REFUND_ARGS)])
+def test_every_transition_is_in_the_table(model: type, table: dict) -> None:
+    declared = {t.name for t in model._meta.get_field("status").get_all_transitions(model)}
+    assert declared == set(table)
+
+
+@pytest.mark.parametrize("state, transition", list(itertools.product(O.values, ORDER_ARGS)))
+def test_order_transition(state: str, transition: str) -> None:
+    order = Order(status=state, amount=1000)
+    fire = getattr(order, transition)
+    target = ORDER_ALLOWED.get((state, transition))
+    if target is None:
+        with pytest.raises(TransitionNotAllowed):
+            fire(**ORDER_ARGS[transition])
+        assert order.status == state
+    else:
+        fire(**ORDER_ARGS[transition])
+        assert order.status == target
+
+
+@pytest.mark.parametrize("state, transition", list(itertools.product(R.values, REFUND_ARGS)))
+def test_refund_transition(state: str, transition: str) -> None:
+    refund = Refund(status=state, amount=100)
+    fire = getattr(refund, transition)
+    target = REFUND_ALLOWED.get((state, transition))
+    if target is None:
+        with pytest.raises(TransitionNotAllowed):
+            fire(**REFUND_ARGS[transition])
+        assert refund.status == state
+    else:
+        fire(**REFUND_ARGS[transition])
+        assert refund.status == target
+
+
+def test_order_status_cannot_be_assigned(merchant_a) -> None:
+    created, _ = services.order_create(
+        merchant=merchant_a.merchant, merchant_order_no="FSM-1", amount=100, currency="CNY", channel="sandbox"
+    )
+    order = Order.objects.get(pk=created.pk)
+    with pytest.raises(AttributeError):
+        order.status = O.SUCCEEDED
+    order.refresh_from_db()
+    assert order.status == O.CREATED
+
+
+def test_refund_status_cannot_be_assigned(merchant_a, paid_order) -> None:
+    order = paid_order(merchant_a)
+    created, _ = services.refund_request(order_id=order.pk, merchant_refund_no="R-1", amount=100)
+    refund = Refund.objects.get(pk=created.pk)
+    with pytest.raises(AttributeError):
+        refund.status = R.SUCCEEDED
+    assert Refund.objects.get(pk=created.pk).status == R.PENDING
