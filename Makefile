@@ -30,6 +30,7 @@ migrate: db
 
 run: migrate
 	@mkdir -p .dev
+	@$(PY) manage.py generate_dev_keys --dir .dev/keys --env-file .dev/channels.env > /dev/null
 	@$(PY) manage.py setup_demo > /dev/null
 	@echo
 	@echo "API base URL:  http://127.0.0.1:$(PORT)/api/v1/   (docs: http://127.0.0.1:$(PORT)/api/docs/, admin: /admin/ admin/admin)"
@@ -40,7 +41,7 @@ run: migrate
 	@echo "    -d '{\"merchant_order_no\": \"A-'$$RANDOM'\", \"amount\": 1050, \"currency\": \"CNY\", \"channel\": \"sandbox\"}'"
 	@echo "The demo process below shows a payment going through; run it again with: make demo"
 	@echo
-	LOG_FORMAT=console $(VENV)/bin/honcho -f Procfile start
+	LOG_FORMAT=console $(VENV)/bin/honcho -e .dev/channels.env -f Procfile start
 
 demo: venv
 	$(PY) -m payments_site.demo --base-url http://127.0.0.1:$(PORT) --key-file .dev/demo_key

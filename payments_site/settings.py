@@ -126,6 +126,25 @@ CHANNEL_WRITE_TIMEOUT_S = env.float("CHANNEL_WRITE_TIMEOUT_S", default=5.0)
 SANDBOX_API_BASE = env.str("SANDBOX_API_BASE", default="http://127.0.0.1:8101").rstrip("/")
 SANDBOX_MERCHANT_ID = env.str("SANDBOX_MERCHANT_ID", default="sbx_m_dev")
 SANDBOX_SECRET = env.str("SANDBOX_SECRET", default="dev-sandbox-secret" if DEBUG else "")
+# Alipay and WeChat Pay are enabled when their account is configured (`make run` generates development keys
+# for the simulators: channels/management/commands/generate_dev_keys.py).
+ALIPAY_GATEWAY_URL = env.str("ALIPAY_GATEWAY_URL", default="http://127.0.0.1:8102/gateway.do")
+ALIPAY_APP_ID = env.str("ALIPAY_APP_ID", default="")
+ALIPAY_APP_PRIVATE_KEY_PATH = env.str("ALIPAY_APP_PRIVATE_KEY_PATH", default="")
+ALIPAY_PUBLIC_KEY_PATH = env.str("ALIPAY_PUBLIC_KEY_PATH", default="")
+WECHATPAY_API_BASE = env.str("WECHATPAY_API_BASE", default="http://127.0.0.1:8103").rstrip("/")
+WECHATPAY_MCHID = env.str("WECHATPAY_MCHID", default="")
+WECHATPAY_APPID = env.str("WECHATPAY_APPID", default="")
+WECHATPAY_MERCHANT_PRIVATE_KEY_PATH = env.str("WECHATPAY_MERCHANT_PRIVATE_KEY_PATH", default="")
+WECHATPAY_MERCHANT_SERIAL_NO = env.str("WECHATPAY_MERCHANT_SERIAL_NO", default="")
+WECHATPAY_APIV3_KEY = env.str("WECHATPAY_APIV3_KEY", default="")
+WECHATPAY_PLATFORM_PUBLIC_KEY_PATH = env.str("WECHATPAY_PLATFORM_PUBLIC_KEY_PATH", default="")
+WECHATPAY_PLATFORM_PUBLIC_KEY_ID = env.str("WECHATPAY_PLATFORM_PUBLIC_KEY_ID", default="")
+# The simulators' own side of the development accounts (only `run_simulator` reads these).
+ALIPAY_SIM_APP_PUBLIC_KEY_PATH = env.str("ALIPAY_SIM_APP_PUBLIC_KEY_PATH", default="")
+ALIPAY_SIM_PRIVATE_KEY_PATH = env.str("ALIPAY_SIM_PRIVATE_KEY_PATH", default="")
+WECHATPAY_SIM_MERCHANT_PUBLIC_KEY_PATH = env.str("WECHATPAY_SIM_MERCHANT_PUBLIC_KEY_PATH", default="")
+WECHATPAY_SIM_PLATFORM_PRIVATE_KEY_PATH = env.str("WECHATPAY_SIM_PLATFORM_PRIVATE_KEY_PATH", default="")
 
 # Logs: JSON lines by default, a console format for `make run` (LOG_FORMAT=console).
 LOG_FORMAT = env.str("LOG_FORMAT", default="json")

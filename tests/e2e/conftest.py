@@ -7,6 +7,7 @@ served by pytest-django's live server) shares memory with the test.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -58,6 +59,7 @@ def _stop(proc: subprocess.Popen) -> None:
 class Simulator:
     def __init__(self, base_url: str) -> None:
         self.base_url = base_url
+        self.worker_env: dict[str, str] = {}  # settings the worker needs to use this simulator
         self.http = httpx.Client(base_url=base_url, timeout=10)
 
     def reset(self) -> None:
@@ -78,39 +80,66 @@ class Simulator:
         return response.json() if response.status_code == 200 else {}
 
 
-# Package scope: the worker must be gone before other tests commit orders it would pick up.
-@pytest.fixture(scope="package")
-def sandbox_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simulator]:
+def start_simulator(
+    channel: str, sim_env: dict[str, str], log_dir: Path, simulator_class: type[Simulator] = Simulator
+) -> tuple[subprocess.Popen, Simulator]:
+    """Start ``manage.py run_simulator <channel>`` on a free port with ``sim_env``; wait until it answers."""
     port = free_port()
-    log = (tmp_path_factory.mktemp("sim") / "sandbox.log").open("w")
-    env = {**os.environ, "SANDBOX_MERCHANT_ID": settings.SANDBOX_MERCHANT_ID, "SANDBOX_SECRET": settings.SANDBOX_SECRET}
     proc = subprocess.Popen(
-        [sys.executable, "manage.py", "run_simulator", "sandbox", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        [sys.executable, "manage.py", "run_simulator", channel, "--port", str(port)],
+        cwd=ROOT, env={**os.environ, **sim_env}, stdout=(log_dir / f"{channel}.log").open("w"),
+        stderr=subprocess.STDOUT,
     )
-    sim = Simulator(f"http://127.0.0.1:{port}")
+    sim = simulator_class(f"http://127.0.0.1:{port}")
 
     def up() -> bool:
         if proc.poll() is not None:
-            pytest.fail("the simulator exited at start")
+            pytest.fail(f"the {channel} simulator exited at start; see {log_dir}")
         try:
             return sim.http.post("/_sim/reset").status_code == 200
         except httpx.TransportError:
             return False
 
-    wait_until(up, what="the sandbox simulator")
-    # The test process verifies callbacks and closes orders itself: point it at this simulator.
-    previous = settings.SANDBOX_API_BASE
-    settings.SANDBOX_API_BASE = sim.base_url
+    wait_until(up, what=f"the {channel} simulator")
+    return proc, sim
+
+
+@contextlib.contextmanager
+def channel_settings(overrides: dict[str, Any]) -> Iterator[None]:
+    """Point the test process (which serves callbacks and closes orders) at a simulator."""
+    previous = {name: getattr(settings, name) for name in overrides}
+    for name, value in overrides.items():
+        setattr(settings, name, value)
     get_channel.cache_clear()
-    yield sim
-    settings.SANDBOX_API_BASE = previous
-    get_channel.cache_clear()
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            setattr(settings, name, value)
+        get_channel.cache_clear()
+
+
+# Package scope: the worker must be gone before other tests commit orders it would pick up.
+@pytest.fixture(scope="package")
+def sandbox_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simulator]:
+    account = {"SANDBOX_MERCHANT_ID": settings.SANDBOX_MERCHANT_ID, "SANDBOX_SECRET": settings.SANDBOX_SECRET}
+    proc, sim = start_simulator("sandbox", account, tmp_path_factory.mktemp("sim"))
+    sim.worker_env = {**account, "SANDBOX_API_BASE": sim.base_url}
+    with channel_settings({"SANDBOX_API_BASE": sim.base_url}):
+        yield sim
     _stop(proc)
 
 
+# Simulators of other channels, defined by their own fixture modules imported above; the worker is
+# configured for every one that exists.
+OTHER_SIMULATORS = ("alipay_sim", "wechatpay_sim")
+
+
 @pytest.fixture(scope="package")
-def worker(django_db_setup, live_server, sandbox_sim: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def worker(
+    request: pytest.FixtureRequest, django_db_setup, live_server, sandbox_sim: Simulator,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Path]:
     """A real Celery worker process on the test database and the test Redis."""
     redis.Redis.from_url(settings.REDIS_URL).flushdb()
     db = settings.DATABASES["default"]
@@ -119,15 +148,18 @@ def worker(django_db_setup, live_server, sandbox_sim: Simulator, tmp_path_factor
         **os.environ,
         "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
         "REDIS_URL": settings.REDIS_URL,
-        "SANDBOX_API_BASE": sandbox_sim.base_url,
-        "SANDBOX_MERCHANT_ID": settings.SANDBOX_MERCHANT_ID,
-        "SANDBOX_SECRET": settings.SANDBOX_SECRET,
+        **sandbox_sim.worker_env,
         "PUBLIC_BASE_URL": live_server.url,
         "CHANNEL_READ_TIMEOUT_S": "2",
         "TASK_RETRY_BACKOFF_S": "1",
         "TASK_RETRY_BACKOFF_MAX_S": "2",
         "TASK_MAX_RETRIES": "4",
     }
+    for name in OTHER_SIMULATORS:
+        try:
+            env.update(request.getfixturevalue(name).worker_env)
+        except pytest.FixtureLookupError:
+            pass
     proc = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "payments_site", "worker", "-P", "threads", "-c", "4",
          "-n", WORKER_NAME, "-Q", "charges,callbacks,refunds,webhooks,reconciliation",
