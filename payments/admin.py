@@ -83,4 +83,4 @@ class EventAdmin(ReadOnlyAdmin):
 
 @admin.register(IdempotencyRecord)
 class IdempotencyRecordAdmin(ReadOnlyAdmin):
-    list_display = ("merchant", "key", "state", "response_status", "created_at", "expires_at")
+    list_display = ("merchant", "key", "response_status", "created_at", "expires_at")

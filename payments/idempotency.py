@@ -1,24 +1,25 @@
-"""Idempotency-Key records: claim a key before the request runs, store its answer after.
+"""Idempotency-Key records: one answer per (merchant, key), kept for at least 24 hours.
 
-The claim is an INSERT guarded by the unique (merchant, key) constraint, so of many concurrent requests with
-one key exactly one runs; the others see it in flight (409) or, once it finished, get its stored answer.
+While a request with a key runs, it holds a PostgreSQL advisory lock on that key (session-level, so it
+can be held across a channel call, outside any transaction). A concurrent request with the same key fails
+to take the lock and is told the key is in flight; one that comes after finds the stored answer. The lock
+dies with its connection, so a process that crashes mid-request leaves no stale claim behind.
+(Session advisory locks need a session-pooled or direct connection, not a transaction-mode pooler.)
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, connection
 from django.utils import timezone
 
 from payments.models import IdempotencyRecord, Merchant
-
-# A claim older than this whose request never finished (the process died) may be taken over. Safe,
-# because what the request does is itself deduplicated (merchant_order_no, merchant_refund_no).
-IN_FLIGHT_TAKEOVER_S = 60
 
 
 class KeyReused(Exception):
@@ -35,48 +36,42 @@ class Replay:
     body: Any
 
 
-def idempotency_claim(*, merchant: Merchant, key: str, fingerprint: str) -> IdempotencyRecord | Replay:
-    """Claim ``key`` for a request, or return the stored answer of the identical request made before."""
-    now = timezone.now()
-    expires_at = now + dt.timedelta(seconds=settings.IDEMPOTENCY_TTL_S)
-    for _ in range(2):
+@contextlib.contextmanager
+def idempotency_key_lock(*, merchant: Merchant, key: str) -> Iterator[None]:
+    """Hold the key's lock for the duration of the block, or raise ``KeyInFlight``."""
+    lock_name = f"idempotency:{merchant.pk}:{key}"
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", [lock_name])
+        if not cursor.fetchone()[0]:
+            raise KeyInFlight()
+    try:
+        yield
+    finally:
         try:
-            with transaction.atomic():
-                return IdempotencyRecord.objects.create(
-                    merchant=merchant, key=key, fingerprint=fingerprint, expires_at=expires_at
-                )
-        except IntegrityError:
-            pass
-        record = IdempotencyRecord.objects.filter(merchant=merchant, key=key).first()
-        if record is None:
-            continue  # expired and deleted meanwhile: claim again
-        if record.expires_at <= now:
-            IdempotencyRecord.objects.filter(pk=record.pk, expires_at__lte=now).delete()
-            continue
-        if record.fingerprint != fingerprint:
-            raise KeyReused()
-        if record.state == IdempotencyRecord.State.COMPLETED:
-            return Replay(record.response_status or 200, record.response_body)
-        stale_before = now - dt.timedelta(seconds=IN_FLIGHT_TAKEOVER_S)
-        # Conditional UPDATE: of several requests taking over one dead claim, one wins.
-        if record.created_at < stale_before and IdempotencyRecord.objects.filter(
-            pk=record.pk, state=IdempotencyRecord.State.IN_FLIGHT, created_at=record.created_at
-        ).update(created_at=now):
-            record.created_at = now
-            return record
-        raise KeyInFlight()
-    raise KeyInFlight()
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", [lock_name])
+        except DatabaseError:
+            connection.close()  # a broken connection releases the lock on the server; start afresh
 
 
-def idempotency_complete(*, record: IdempotencyRecord, status: int, body: Any) -> None:
-    IdempotencyRecord.objects.filter(pk=record.pk).update(
-        state=IdempotencyRecord.State.COMPLETED, response_status=status, response_body=body
+def idempotency_lookup(*, merchant: Merchant, key: str, fingerprint: str) -> Replay | None:
+    """The stored answer for the key (call with the key's lock held), or None if the request must run."""
+    record = IdempotencyRecord.objects.filter(merchant=merchant, key=key).first()
+    if record is None:
+        return None
+    if record.expires_at <= timezone.now():
+        record.delete()
+        return None
+    if record.fingerprint != fingerprint:
+        raise KeyReused()
+    return Replay(record.response_status, record.response_body)
+
+
+def idempotency_save(*, merchant: Merchant, key: str, fingerprint: str, status: int, body: Any) -> None:
+    IdempotencyRecord.objects.create(
+        merchant=merchant, key=key, fingerprint=fingerprint, response_status=status, response_body=body,
+        expires_at=timezone.now() + dt.timedelta(seconds=settings.IDEMPOTENCY_TTL_S),
     )
-
-
-def idempotency_release(*, record: IdempotencyRecord) -> None:
-    """Forget a claim whose request failed on our side (5xx), so that a retry with the key runs again."""
-    IdempotencyRecord.objects.filter(pk=record.pk, state=IdempotencyRecord.State.IN_FLIGHT).delete()
 
 
 def idempotency_purge(*, now: dt.datetime) -> int:

@@ -215,18 +215,13 @@ class Refund(FSMModelMixin, models.Model):
 
 
 class IdempotencyRecord(models.Model):
-    """One merchant request made under an ``Idempotency-Key``: claimed before it runs, then its answer."""
-
-    class State(models.TextChoices):
-        IN_FLIGHT = "in_flight"
-        COMPLETED = "completed"
+    """The answer given to a merchant request made under an ``Idempotency-Key`` (``payments.idempotency``)."""
 
     merchant = models.ForeignKey(Merchant, on_delete=models.CASCADE)
     key = models.CharField(max_length=255)
     fingerprint = models.CharField(max_length=64, help_text="SHA-256 of method, path and body.")
-    state = models.CharField(max_length=16, choices=State.choices, default=State.IN_FLIGHT)
-    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
-    response_body = models.JSONField(null=True, blank=True)
+    response_status = models.PositiveSmallIntegerField()
+    response_body = models.JSONField()
     created_at = models.DateTimeField(auto_now_add=True)
     expires_at = models.DateTimeField(db_index=True)
 

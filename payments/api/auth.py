@@ -23,13 +23,13 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         scheme, _, secret_key = header.partition(" ")
         if scheme.lower() != "bearer" or not secret_key.strip():
             raise exceptions.NotAuthenticated()
-        key = (
-            ApiKey.objects.select_related("merchant")
-            .filter(key_hash=hash_key(secret_key.strip()), revoked_at__isnull=True, merchant__is_active=True)
-            .first()
-        )
-        if key is None:
-            raise exceptions.AuthenticationFailed()
+        try:
+            # key_hash is unique: .get() needs no ORDER BY / LIMIT.
+            key = ApiKey.objects.select_related("merchant").get(
+                key_hash=hash_key(secret_key.strip()), revoked_at__isnull=True, merchant__is_active=True
+            )
+        except ApiKey.DoesNotExist:
+            raise exceptions.AuthenticationFailed() from None
         return key.merchant, key
 
     def authenticate_header(self, request: Request) -> str:

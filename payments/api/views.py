@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -9,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from django.db import transaction
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -38,38 +40,52 @@ def _fingerprint(request: Request) -> str:
     return hashlib.sha256(f"{request.method} {request.path}\n".encode() + body).hexdigest()
 
 
-def idempotent(view: Callable[..., Response]) -> Callable[..., Response]:
-    """Run a POST at most once per ``Idempotency-Key``; repeats get the stored answer (API.md)."""
+def idempotent(*, atomic: bool) -> Callable[[Callable[..., Response]], Callable[..., Response]]:
+    """Run a POST at most once per ``Idempotency-Key``; repeats get the stored answer (API.md).
 
-    @functools.wraps(view)
-    def wrapper(self: APIView, request: Request, *args: Any, **kwargs: Any) -> Response:
-        key = request.headers.get("Idempotency-Key")
-        if key is None:
-            return view(self, request, *args, **kwargs)
-        if not 1 <= len(key) <= IDEMPOTENCY_KEY_MAX or not key.isprintable():
-            raise invalid("idempotency_key_invalid", "Idempotency-Key must be 1-255 printable characters",
-                          "Idempotency-Key")
-        try:
-            claim = idempotency.idempotency_claim(merchant=request.user, key=key, fingerprint=_fingerprint(request))
-        except idempotency.KeyReused:
-            raise ApiError(409, "idempotency_error", "idempotency_key_reused",
-                           "this Idempotency-Key was used with a different request") from None
-        except idempotency.KeyInFlight:
-            raise ApiError(409, "idempotency_error", "idempotency_key_in_flight",
-                           "a request with this Idempotency-Key is still being processed") from None
-        if isinstance(claim, idempotency.Replay):
-            return Response(claim.body, status=claim.status, headers={"Idempotent-Replayed": "true"})
-        try:
-            response = view(self, request, *args, **kwargs)
-        except Exception as exc:  # the answer to an error is stored too, like any other answer
-            response = exception_handler(exc, {"view": self, "request": request})
-        if response.status_code >= 500:
-            idempotency.idempotency_release(record=claim)
-        else:
-            idempotency.idempotency_complete(record=claim, status=response.status_code, body=response.data)
-        return response
+    ``atomic``: the view only writes to the database, so its writes and the stored answer commit together in
+    one transaction (a crash leaves neither). Views that call a channel must not hold a transaction: their
+    answer is stored after they return, and one lost to a crash only means the (idempotent) call runs again.
+    """
 
-    return wrapper
+    def decorate(view: Callable[..., Response]) -> Callable[..., Response]:
+        @functools.wraps(view)
+        def wrapper(self: APIView, request: Request, *args: Any, **kwargs: Any) -> Response:
+            key = request.headers.get("Idempotency-Key")
+            if key is None:
+                return view(self, request, *args, **kwargs)
+            if not 1 <= len(key) <= IDEMPOTENCY_KEY_MAX or not key.isprintable():
+                raise invalid("idempotency_key_invalid", "Idempotency-Key must be 1-255 printable characters",
+                              "Idempotency-Key")
+            fingerprint = _fingerprint(request)
+            try:
+                with idempotency.idempotency_key_lock(merchant=request.user, key=key):
+                    replay = idempotency.idempotency_lookup(merchant=request.user, key=key, fingerprint=fingerprint)
+                    if replay is not None:
+                        return Response(replay.body, status=replay.status, headers={"Idempotent-Replayed": "true"})
+                    with transaction.atomic() if atomic else contextlib.nullcontext():
+                        try:
+                            response = view(self, request, *args, **kwargs)
+                        except Exception as exc:  # an error's answer is stored too, like any other answer
+                            response = exception_handler(exc, {"view": self, "request": request})
+                        if response.status_code >= 500:
+                            # Our failure, not an answer: keep nothing, so that a retry runs again.
+                            if atomic:
+                                transaction.set_rollback(True)
+                        else:
+                            idempotency.idempotency_save(merchant=request.user, key=key, fingerprint=fingerprint,
+                                                         status=response.status_code, body=response.data)
+                    return response
+            except idempotency.KeyReused:
+                raise ApiError(409, "idempotency_error", "idempotency_key_reused",
+                               "this Idempotency-Key was used with a different request") from None
+            except idempotency.KeyInFlight:
+                raise ApiError(409, "idempotency_error", "idempotency_key_in_flight",
+                               "a request with this Idempotency-Key is still being processed") from None
+
+        return wrapper
+
+    return decorate
 
 
 def _limit(request: Request) -> int:
@@ -125,7 +141,7 @@ class OrdersView(APIView):
             return attrs
 
     @extend_schema(request=InputSerializer, responses={201: ORDER_SCHEMA, 200: ORDER_SCHEMA})
-    @idempotent
+    @idempotent(atomic=True)
     def post(self, request: Request) -> Response:
         data = self.InputSerializer(data=request.data, context={"merchant": request.user})
         data.is_valid(raise_exception=True)
@@ -168,7 +184,7 @@ class OrderView(APIView):
 
 class OrderCloseView(APIView):
     @extend_schema(request=None, responses={200: ORDER_SCHEMA})
-    @idempotent
+    @idempotent(atomic=False)
     def post(self, request: Request, order_id: str) -> Response:
         order = _order_of(request, order_id)
         try:
@@ -185,7 +201,7 @@ class OrderRefundsView(APIView):
         reason = StrictCharField(max_length=127, required=False, allow_blank=True, default="")
 
     @extend_schema(request=InputSerializer, responses={201: REFUND_SCHEMA, 200: REFUND_SCHEMA})
-    @idempotent
+    @idempotent(atomic=True)
     def post(self, request: Request, order_id: str) -> Response:
         order = _order_of(request, order_id)
         data = self.InputSerializer(data=request.data, context={"merchant": request.user})
