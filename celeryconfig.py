@@ -53,6 +53,8 @@ beat_schedule = {
     "sweep-expired-orders": {"task": "payments.tasks.sweep_expired_orders", "schedule": _sweep_every},
     "sweep-refunds": {"task": "payments.tasks.sweep_refunds", "schedule": _sweep_every},
     "sweep-notifications": {"task": "payments.tasks.sweep_notifications", "schedule": _sweep_every},
+    # Answers are kept at least IDEMPOTENCY_TTL_S (24 h); an hourly purge keeps the table small.
+    "purge-idempotency-records": {"task": "payments.tasks.purge_idempotency_records", "schedule": 3600},
 }
 
 # Enqueueing happens after commit, in the request: if the broker is down, give up quickly (the sweeps

@@ -52,6 +52,12 @@ class OrderAdmin(ReadOnlyAdmin):
     list_filter = ("status", "channel", "attention")
     search_fields = ("public_id", "merchant_order_no", "channel_trade_no", "trace_id")
     inlines = [RefundInline]
+    actions = ["retry_charge"]
+
+    @admin.action(description="Retry the charge of flagged orders (queries the channel first)")
+    def retry_charge(self, request, queryset):
+        retried = sum(services.order_retry(order_id=order.pk) for order in queryset)
+        self.message_user(request, f"{retried} of {queryset.count()} orders sent to the charge queue again")
 
 
 @admin.register(Refund)

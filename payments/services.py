@@ -342,6 +342,20 @@ def order_flag(*, order_id: int, reason: str) -> None:
             _flag(order, reason)
 
 
+def order_retry(*, order_id: int) -> bool:
+    """Ops' "retry" on an order that automatic handling gave up on: clear the flag and charge again.
+    The charge queries the channel first (the order has attempts), so this never makes a second trade."""
+    with transaction.atomic():
+        order = _locked_order(order_id)
+        if order.status != OrderStatus.CREATED or not order.attention:
+            return False
+        order.attention = ""
+        order.save(update_fields=["attention", "updated_at"])
+        log.warning("ops retry of %s", order.public_id, extra={"order_id": order.public_id, "key_path": True})
+        _enqueue_on_commit(tasks.charge_order, order.pk)
+    return True
+
+
 def channel_notify_url(channel: str) -> str:
     from django.conf import settings
 

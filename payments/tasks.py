@@ -17,7 +17,7 @@ from django.db import OperationalError
 from django.utils import timezone
 
 from channels.base import Retryable, UnknownOutcome
-from payments import selectors, services
+from payments import idempotency, selectors, services
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,11 @@ def sweep_refunds() -> int:
     for refund_id in ids:
         refund_order.delay(refund_id)
     return len(ids)
+
+
+@shared_task
+def purge_idempotency_records() -> int:
+    return idempotency.idempotency_purge(now=timezone.now())
 
 
 @shared_task

@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from payments import services
 from payments.models import ChannelNotification, Event, Order, Refund, TransitionLog
 from tests.conftest import make_actor
 from tests.e2e.conftest import Simulator, wait_until
@@ -160,6 +161,12 @@ def test_exhausted_charge_leaves_the_order_flagged_for_ops(e2e: Simulator) -> No
                        timeout_s=40, what="the charge to give up")
     assert order.status == "created"
     assert order.attention.startswith("charge_order_exhausted")
+
+    # Ops retry once the channel is back: the charge asks the channel first, then places one trade.
+    e2e.clear_faults()
+    assert services.order_retry(order_id=order.pk)
+    order = order_in(order_id, "pending")
+    assert order.attention == "" and e2e.trade(order_id)["status"] == "WAITING"
 
 
 def test_close_is_confirmed_with_the_channel(e2e: Simulator) -> None:
