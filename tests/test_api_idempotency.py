@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
-from typing import Any
-
 import pytest
-from django.db import connection
 
 from payments.models import Order
+from tests.concurrency import run_together
 
 ORDERS = "/api/v1/orders"
 BODY = {"merchant_order_no": "A-1001", "amount": 1050, "currency": "CNY", "channel": "sandbox"}
@@ -82,29 +78,9 @@ def test_an_error_is_replayed_as_the_same_error(client_a) -> None:
 # -- concurrency -----------------------------------------------------------------------------------------
 
 
-def run_together(count: int, request: Callable[[], Any]) -> list[Any]:
-    """Run ``request`` in ``count`` threads released at once; each thread has its own DB connection."""
-    barrier = threading.Barrier(count)
-    answers: list[Any] = [None] * count
-
-    def work(i: int) -> None:
-        try:
-            barrier.wait()
-            answers[i] = request()
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return answers
-
-
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_requests_with_one_key_create_one_order(merchant_a) -> None:
-    answers = run_together(20, lambda: post(merchant_a.client()))
+    answers = run_together(20, lambda i: post(merchant_a.client()))
 
     assert merchant_a.merchant.orders.count() == 1
     order_id = merchant_a.merchant.orders.get().public_id
@@ -119,7 +95,7 @@ def test_concurrent_requests_with_one_key_create_one_order(merchant_a) -> None:
 
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_requests_with_one_merchant_order_no_create_one_order(merchant_a) -> None:
-    answers = run_together(20, lambda: post(merchant_a.client(), key=None))
+    answers = run_together(20, lambda i: post(merchant_a.client(), key=None))
 
     assert merchant_a.merchant.orders.count() == 1
     order_id = merchant_a.merchant.orders.get().public_id

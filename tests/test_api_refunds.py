@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import re
-import threading
-from collections.abc import Callable
-from typing import Any
 
 import pytest
-from django.db import connection
 from django.db.models import Sum
 
 from channels.base import RefundResult, RefundStatus, TradeResult, TradeStatus
 from payments import services
 from payments.models import Refund
+from tests.concurrency import run_together
 
 REFUND_FIELDS = {
     "id", "object", "order", "merchant_refund_no", "amount", "currency", "status", "reason", "channel_refund_no",
@@ -144,26 +141,6 @@ def test_merchant_refund_no_is_unique_per_order_only(client_a, merchant_a, paid_
 
 
 # -- concurrency -----------------------------------------------------------------------------------------
-
-
-def run_together(count: int, request: Callable[[int], Any]) -> list[Any]:
-    """Run ``request(i)`` in ``count`` threads released at once; each thread has its own DB connection."""
-    barrier = threading.Barrier(count)
-    answers: list[Any] = [None] * count
-
-    def work(i: int) -> None:
-        try:
-            barrier.wait()
-            answers[i] = request(i)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return answers
 
 
 @pytest.mark.django_db(transaction=True)
