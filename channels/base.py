@@ -106,7 +106,10 @@ class NotificationReply:
 
 @dataclass(frozen=True)
 class BillRow:
-    kind: str  # "payment" or "refund"
+    """One line of a channel's bill, in our words: ``kind`` is "payment" or "refund", ``status`` a
+    ``TradeStatus`` or ``RefundStatus`` value (a bill lists completed ones: "succeeded")."""
+
+    kind: str
     out_trade_no: str
     amount: int
     currency: str
@@ -122,6 +125,8 @@ class Channel(abc.ABC):
 
     name: str
     currencies: frozenset[str]
+    # The zone whose calendar days the channel's bills cover (Alipay and WeChat Pay: Beijing time).
+    bill_timezone: str = "UTC"
 
     @abc.abstractmethod
     def create_trade(

@@ -31,12 +31,47 @@ def get_channel(name: str) -> Channel:
             secret=settings.SANDBOX_SECRET,
             timeouts=_timeouts(),
         )
+    if name == "alipay":
+        from pathlib import Path
+
+        from channels.alipay.adapter import AlipayChannel
+
+        return AlipayChannel(
+            gateway_url=settings.ALIPAY_GATEWAY_URL,
+            app_id=settings.ALIPAY_APP_ID,
+            app_private_key=Path(settings.ALIPAY_APP_PRIVATE_KEY_PATH).read_text(),
+            alipay_public_key=Path(settings.ALIPAY_PUBLIC_KEY_PATH).read_text(),
+            timeouts=_timeouts(),
+        )
+    if name == "wechatpay":
+        from pathlib import Path
+
+        from channels.wechatpay.adapter import WechatPayChannel
+
+        return WechatPayChannel(
+            api_base=settings.WECHATPAY_API_BASE,
+            mchid=settings.WECHATPAY_MCHID,
+            appid=settings.WECHATPAY_APPID,
+            merchant_private_key=Path(settings.WECHATPAY_MERCHANT_PRIVATE_KEY_PATH).read_text(),
+            merchant_serial_no=settings.WECHATPAY_MERCHANT_SERIAL_NO,
+            apiv3_key=settings.WECHATPAY_APIV3_KEY,
+            platform_public_key=Path(settings.WECHATPAY_PLATFORM_PUBLIC_KEY_PATH).read_text(),
+            platform_public_key_id=settings.WECHATPAY_PLATFORM_PUBLIC_KEY_ID,
+            notify_url=f"{settings.PUBLIC_BASE_URL}/callbacks/wechatpay",  # refund results
+            timeouts=_timeouts(),
+        )
     raise LookupError(f"channel {name!r} is not available")
 
 
 def available_channels() -> tuple[str, ...]:
     """Channels configured on this deployment."""
-    return tuple(name for name in CHANNEL_NAMES if name == "sandbox" and settings.SANDBOX_SECRET)
+    configured = {
+        "sandbox": bool(settings.SANDBOX_SECRET),
+        "alipay": all((settings.ALIPAY_APP_ID, settings.ALIPAY_APP_PRIVATE_KEY_PATH, settings.ALIPAY_PUBLIC_KEY_PATH)),
+        "wechatpay": all((settings.WECHATPAY_MCHID, settings.WECHATPAY_MERCHANT_PRIVATE_KEY_PATH,
+                          settings.WECHATPAY_APIV3_KEY, settings.WECHATPAY_PLATFORM_PUBLIC_KEY_PATH)),
+    }
+    return tuple(name for name in CHANNEL_NAMES if configured.get(name))
 
 
 def currencies(name: str) -> frozenset[str]:

@@ -202,7 +202,7 @@ class SandboxChannel(Channel):
                     out_trade_no=row["out_trade_no"],
                     amount=int(row["amount"]),
                     currency=row["currency"],
-                    status=row["status"],
+                    status=(TRADE_STATUSES if row["type"] == "payment" else REFUND_STATUSES)[row["status"]].value,
                     channel_trade_no=row["trade_no"] or None,
                     out_refund_no=row["out_refund_no"] or None,
                     channel_refund_no=row["refund_no"] or None,

@@ -184,3 +184,8 @@ def e2e(transactional_db, worker: Path, sandbox_sim: Simulator, live_server) -> 
     celery_app.control.purge()
     yield sandbox_sim
     sandbox_sim.clear_faults()
+
+
+# The other channels' simulator fixtures (the worker picks up each one that a test session uses).
+from tests.e2e.alipay_fixtures import alipay_sim  # noqa: E402,F401
+from tests.e2e.wechatpay_fixtures import wechatpay_sim  # noqa: E402,F401

@@ -23,15 +23,41 @@ def _sandbox(host: str, port: int, public_base_url: str | None) -> ChannelSimula
     return SandboxSimulator(account, host, port, public_base_url)
 
 
-def _not_yet(channel: str) -> Builder:
-    def build(host: str, port: int, public_base_url: str | None) -> ChannelSimulator:
-        raise CommandError(f"the {channel} simulator is not implemented yet")
+def _alipay(host: str, port: int, public_base_url: str | None) -> ChannelSimulator:
+    from pathlib import Path
 
-    return build
+    from channels.alipay.simulator import AlipaySimulator, account_from_pems
+
+    app_id = settings.ALIPAY_APP_ID
+    app_public, alipay_private = settings.ALIPAY_SIM_APP_PUBLIC_KEY_PATH, settings.ALIPAY_SIM_PRIVATE_KEY_PATH
+    if not (app_id and app_public and alipay_private):
+        raise CommandError("the alipay simulator needs ALIPAY_APP_ID and ALIPAY_SIM_*_KEY_PATH "
+                           "(python manage.py generate_dev_keys writes them)")
+    account = account_from_pems(app_id, Path(app_public).read_text(), Path(alipay_private).read_text())
+    return AlipaySimulator({app_id: account}, host, port, public_base_url)
 
 
-# One builder per channel: the alipay and wechatpay simulators plug in here.
-BUILDERS: dict[str, Builder] = {"sandbox": _sandbox, "alipay": _not_yet("alipay"), "wechatpay": _not_yet("wechatpay")}
+def _wechatpay(host: str, port: int, public_base_url: str | None) -> ChannelSimulator:
+    from channels.wechatpay.simulator import WechatPaySimulator, account_from_files
+
+    if not (settings.WECHATPAY_MCHID and settings.WECHATPAY_SIM_MERCHANT_PUBLIC_KEY_PATH
+            and settings.WECHATPAY_SIM_PLATFORM_PRIVATE_KEY_PATH):
+        raise CommandError("the wechatpay simulator needs WECHATPAY_MCHID and WECHATPAY_SIM_*_KEY_PATH "
+                           "(python manage.py generate_dev_keys writes them)")
+    account = account_from_files(
+        mchid=settings.WECHATPAY_MCHID,
+        appid=settings.WECHATPAY_APPID,
+        merchant_serial_no=settings.WECHATPAY_MERCHANT_SERIAL_NO,
+        apiv3_key=settings.WECHATPAY_APIV3_KEY,
+        platform_public_key_id=settings.WECHATPAY_PLATFORM_PUBLIC_KEY_ID,
+        merchant_public_key_path=settings.WECHATPAY_SIM_MERCHANT_PUBLIC_KEY_PATH,
+        platform_private_key_path=settings.WECHATPAY_SIM_PLATFORM_PRIVATE_KEY_PATH,
+    )
+    return WechatPaySimulator([account], host, port, public_base_url)
+
+
+# One builder per channel.
+BUILDERS: dict[str, Builder] = {"sandbox": _sandbox, "alipay": _alipay, "wechatpay": _wechatpay}
 
 
 class Command(BaseCommand):

@@ -1,0 +1,1 @@
+"""WeChat Pay API v3 (Native payments): the adapter, its signing, and the channel's simulator."""
