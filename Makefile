@@ -10,7 +10,7 @@ export REDIS_URL ?= redis://127.0.0.1:6379/0
 export PUBLIC_BASE_URL ?= http://127.0.0.1:$(PORT)
 export WEB_PORT := $(PORT)
 
-.PHONY: run test demo bench-api venv db migrate clean
+.PHONY: run test check-alerts demo bench-api venv db migrate clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -41,14 +41,23 @@ run: migrate
 	@echo "    -d '{\"merchant_order_no\": \"A-'$$RANDOM'\", \"amount\": 1050, \"currency\": \"CNY\", \"channel\": \"sandbox\"}'"
 	@echo "The demo process below shows a payment going through; run it again with: make demo"
 	@echo
-	LOG_FORMAT=console $(VENV)/bin/honcho -e .dev/channels.env -f Procfile start
+	@# Every process writes its metrics here for /metrics to add up; emptied at each start.
+	@rm -rf .dev/metrics && mkdir -p .dev/metrics
+	PROMETHEUS_MULTIPROC_DIR=$(CURDIR)/.dev/metrics LOG_FORMAT=console $(VENV)/bin/honcho -e .dev/channels.env -f Procfile start
 
 demo: venv
 	$(PY) -m payments_site.demo --base-url http://127.0.0.1:$(PORT) --key-file .dev/demo_key
 
 test: venv
+	@if command -v promtool > /dev/null; then $(MAKE) --no-print-directory check-alerts; \
+	else echo "promtool not found: alert rules not checked (Debian: apt-get install prometheus; .ci/run does)"; fi
 	DEBUG=0 SECRET_KEY=test-only-secret-key SANDBOX_SECRET=test-sandbox-secret REDIS_URL=redis://127.0.0.1:6379/15 \
 		$(PY) -m pytest $(PYTEST_ARGS)
+
+# The alert rules and their unit tests (promtool comes with Debian's prometheus package).
+check-alerts:
+	promtool check rules docker/prometheus/alerts.yml
+	cd docker/prometheus && promtool test rules alerts.test.yml
 
 bench-api: migrate
 	DEBUG=0 SECRET_KEY=bench-only-secret-key $(PY) bench/api_create.py

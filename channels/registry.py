@@ -8,6 +8,7 @@ from django.conf import settings
 
 from channels.base import Channel
 from channels.http import Timeouts
+from channels.instrumented import instrumented
 
 CHANNEL_NAMES = ("alipay", "wechatpay", "sandbox")
 
@@ -21,6 +22,7 @@ def _timeouts() -> Timeouts:
 
 
 @cache
+@instrumented  # timing, tracing, logging and the circuit breaker of every call: channels/instrumented.py
 def get_channel(name: str) -> Channel:
     if name == "sandbox":
         from channels.sandbox.adapter import SandboxChannel

@@ -14,6 +14,7 @@ import hashlib
 import logging
 import secrets
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
 from django.db import IntegrityError, transaction
@@ -33,7 +34,7 @@ from channels.base import (
     notification_to_dict,
 )
 from channels.registry import get_channel
-from payments import tasks
+from payments import metrics, tasks
 from payments.models import (
     OPEN_ORDER_STATES,
     ApiKey,
@@ -47,7 +48,7 @@ from payments.models import (
     TransitionLog,
 )
 from payments.models import RefundStatus as RefundState
-from payments.observability import current_trace_id
+from payments.observability import bind, current_trace_id, link_origin_trace
 from payments.representations import order_json, refund_json
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,7 @@ def _fire(obj: Order | Refund, name: str, *, source: str, **kwargs: Any) -> None
         "%s %s: %s -> %s", kind, obj.public_id, before, obj.status,
         extra={f"{kind}_id": obj.public_id, "transition": name, "source": source, "key_path": True},
     )
+    _count_on_commit(obj)
     if isinstance(obj, Order) and obj.status in ORDER_EVENTS:
         Event.objects.create(merchant_id=obj.merchant_id, type=f"order.{obj.status}", order=obj, data=order_json(obj))
     elif isinstance(obj, Refund) and obj.status in REFUND_EVENTS:
@@ -109,9 +111,30 @@ def _fire(obj: Order | Refund, name: str, *, source: str, **kwargs: Any) -> None
         )
 
 
+def _count_on_commit(obj: Order | Refund) -> None:
+    """Count the status the row entered, once it is committed (a rolled-back transition never happened)."""
+    if isinstance(obj, Order):
+        counter = metrics.ORDERS.labels(channel=obj.channel, status=obj.status)
+    else:
+        counter = metrics.REFUNDS.labels(channel=obj.order.channel, status=obj.status)
+    transaction.on_commit(counter.inc)
+
+
+@lru_cache(maxsize=10_000)
+def _merchant_public_id(merchant_pk: int) -> str:
+    # Public ids never change: one query per merchant per process, not one per task.
+    return Merchant.objects.values_list("public_id", flat=True).get(pk=merchant_pk)
+
+
+def _bind_order(order: Order) -> None:
+    """Name the order on every log line of the current task or request."""
+    bind(order_id=order.public_id, channel=order.channel, merchant_id=_merchant_public_id(order.merchant_id))
+
+
 def _log_created(obj: Order | Refund, source: str) -> None:
+    kind = "order" if isinstance(obj, Order) else "refund"
     TransitionLog.objects.create(
-        object_type="order" if isinstance(obj, Order) else "refund",
+        object_type=kind,
         object_id=obj.public_id,
         transition="create",
         from_state="",
@@ -119,6 +142,7 @@ def _log_created(obj: Order | Refund, source: str) -> None:
         source=source,
         trace_id=current_trace_id(),
     )
+    log.info("%s %s created", kind, obj.public_id, extra={"transition": "create", "source": source, "key_path": True})
 
 
 def _enqueue_on_commit(task: Any, object_id: int) -> None:
@@ -135,7 +159,8 @@ def _flag(obj: Order | Refund, reason: str) -> None:
     """Leave the row visibly needing ops, and say so loudly."""
     obj.attention = reason[:64]
     obj.save(update_fields=["attention", "updated_at"])
-    log.error("%s needs attention: %s", obj.public_id, reason, extra={"key_path": True})
+    ids = {"order_id": obj.public_id} if isinstance(obj, Order) else {"refund_id": obj.public_id}
+    log.error("%s needs attention: %s", obj.public_id, reason, extra={**ids, "reason": reason, "key_path": True})
 
 
 # -- merchants and keys ---------------------------------------------------------------------------------
@@ -199,7 +224,9 @@ def order_create(
                 trace_id=current_trace_id(),
                 **fields,
             )
+            bind(order_id=order.public_id, channel=channel)
             _log_created(order, Source.API)
+            _count_on_commit(order)
             _enqueue_on_commit(tasks.charge_order, order.pk)
     except IntegrityError:
         existing = Order.objects.get(merchant=merchant, merchant_order_no=merchant_order_no)
@@ -213,6 +240,7 @@ def order_charge(*, order_id: int) -> None:
     """Place a ``created`` order with its channel (the charge task's body)."""
     with transaction.atomic():
         order = _locked_order(order_id)
+        _bind_order(order)
         if order.status != OrderStatus.CREATED:
             return
         order.charge_attempts += 1
@@ -296,6 +324,7 @@ def _apply_trade(order: Order, trade: TradeResult, source: str) -> None:
 def order_query(*, order_id: int, source: str = Source.SWEEP) -> Order:
     """Ask the channel how an open order stands and apply the answer (the pending sweep's work)."""
     order = Order.objects.get(pk=order_id)
+    _bind_order(order)
     if order.status not in OPEN_ORDER_STATES:
         return order
     trade = get_channel(order.channel).query_trade(out_trade_no=order.public_id)
@@ -306,6 +335,7 @@ def order_close(*, order_id: int, source: str) -> Order:
     """Close an unpaid order: at the channel first, then here. An order the channel reports as paid
     becomes ``succeeded`` instead, and ``OrderStateError`` tells the caller."""
     order = Order.objects.get(pk=order_id)
+    _bind_order(order)
     if order.status not in OPEN_ORDER_STATES:
         raise OrderStateError(f"an order in state {order.status} cannot be closed")
     trade = get_channel(order.channel).close_trade(out_trade_no=order.public_id)
@@ -338,6 +368,7 @@ def order_flag(*, order_id: int, reason: str) -> None:
     """Mark an order that automatic handling gave up on, for ops (task exhaustion)."""
     with transaction.atomic():
         order = _locked_order(order_id)
+        _bind_order(order)
         if order.status in OPEN_ORDER_STATES:
             _flag(order, reason)
 
@@ -375,6 +406,7 @@ def refund_request(
     """
     with transaction.atomic():
         order = _locked_order(order_id)
+        bind(order_id=order.public_id, channel=order.channel)
         existing = order.refunds.filter(merchant_refund_no=merchant_refund_no).first()
         if existing is not None:
             if existing.amount != amount or existing.reason != reason:
@@ -395,7 +427,9 @@ def refund_request(
             reason=reason,
             trace_id=current_trace_id(),
         )
+        bind(refund_id=refund.public_id)
         _log_created(refund, Source.API)
+        _count_on_commit(refund)
         _enqueue_on_commit(tasks.refund_order, refund.pk)
     return refund, True
 
@@ -404,6 +438,8 @@ def refund_submit(*, refund_id: int) -> None:
     """Send a refund to the channel (the refund task's body)."""
     with transaction.atomic():
         refund = Refund.objects.select_for_update().select_related("order").get(pk=refund_id)
+        _bind_order(refund.order)
+        bind(refund_id=refund.public_id)
         if refund.status not in (RefundState.PENDING, RefundState.PROCESSING):
             return
         refund.submit_attempts += 1
@@ -467,6 +503,7 @@ def _apply_refund(order: Order, refund: Refund, result: RefundResult, source: st
 def refund_flag(*, refund_id: int, reason: str) -> None:
     with transaction.atomic():
         refund = Refund.objects.select_for_update().get(pk=refund_id)
+        bind(refund_id=refund.public_id)
         if refund.status in (RefundState.PENDING, RefundState.PROCESSING):
             _flag(refund, reason)
 
@@ -480,6 +517,7 @@ def notification_receive(*, channel: str, headers: Mapping[str, str], body: byte
     A notification that fails verification is stored as rejected with the reason and changes nothing.
     A repeat of one already stored (the channel's retries) is accepted without storing it again.
     """
+    bind(channel=channel)
     kept_headers = {k: v for k, v in headers.items() if not any(word in k.lower() for word in SIGNATURE_HEADERS)}
     text = body.decode("utf-8", errors="replace")
     try:
@@ -490,8 +528,13 @@ def notification_receive(*, channel: str, headers: Mapping[str, str], body: byte
             reason=invalid.reason, trace_id=current_trace_id(),
         )
         log.warning("rejected %s notification: %s", channel, invalid.reason, extra={"channel": channel, "key_path": True})
+        metrics.NOTIFICATIONS.labels(channel=channel, result="rejected", reason=invalid.reason).inc()
         return row, False
-    order = Order.objects.filter(public_id=parsed.out_trade_no).only("id").first()
+    order = Order.objects.filter(public_id=parsed.out_trade_no).only("id", "public_id", "trace_id").first()
+    if order is not None:
+        # The notification has its own trace; tie it to the one that created the order.
+        bind(order_id=order.public_id)
+        link_origin_trace(order.trace_id)
     try:
         with transaction.atomic():
             row = ChannelNotification.objects.create(
@@ -506,8 +549,10 @@ def notification_receive(*, channel: str, headers: Mapping[str, str], body: byte
             _enqueue_on_commit(tasks.process_notification, row.pk)
     except IntegrityError:
         row = ChannelNotification.objects.get(channel=channel, channel_notification_id=parsed.notification_id)
+        metrics.NOTIFICATIONS.labels(channel=channel, result="accepted", reason="duplicate").inc()
         return row, True
     log.info("accepted %s notification for %s", channel, parsed.out_trade_no, extra={"channel": channel, "key_path": True})
+    metrics.NOTIFICATIONS.labels(channel=channel, result="accepted", reason="new").inc()
     return row, True
 
 
@@ -519,6 +564,10 @@ def notification_apply(*, notification_id: int) -> None:
             return
         notification = notification_from_dict(row.payload)
         order = Order.objects.select_for_update().filter(public_id=notification.out_trade_no).first()
+        bind(channel=row.channel)
+        if order is not None:
+            _bind_order(order)
+            link_origin_trace(order.trace_id)
         reason = ""
         if order is None or order.channel != row.channel:
             reason = "unknown_order"
@@ -543,3 +592,4 @@ def notification_apply(*, notification_id: int) -> None:
         row.save(update_fields=["state", "reason", "processed_at"])
     if reason:
         log.error("notification %s not applied: %s", row.pk, reason, extra={"channel": row.channel, "key_path": True})
+        metrics.NOTIFICATIONS.labels(channel=row.channel, result="rejected", reason=reason).inc()

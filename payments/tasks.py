@@ -27,6 +27,9 @@ RETRY_POLICY: dict[str, Any] = {
     "retry_backoff_max": settings.TASK_RETRY_BACKOFF_MAX_S,
     "retry_jitter": True,
     "max_retries": settings.TASK_MAX_RETRIES,
+    # Expected outcomes of talking to a channel, not bugs: when the retries run out, FlagOnExhaustion tells
+    # ops (one Sentry event, from the "needs attention" line) instead of Celery and Sentry reporting a crash.
+    "throws": (Retryable, UnknownOutcome),
 }
 
 
@@ -38,7 +41,8 @@ class FlagOnExhaustion(Task):
     def on_failure(self, exc: BaseException, task_id: str, args: tuple, kwargs: dict, einfo: Any) -> None:
         object_id = kwargs.get("order_id", kwargs.get("refund_id", args[0] if args else None))
         reason = f"{self.name.rsplit('.', 1)[-1]}_exhausted:{getattr(exc, 'code', type(exc).__name__)}"
-        log.error("task %s gave up on %s: %s", self.name, object_id, exc, extra={"task": self.name, "key_path": True})
+        # WARNING, not ERROR: the flag below logs the one ERROR (and Sentry event) that names the order.
+        log.warning("task %s gave up on %s: %s", self.name, object_id, exc, extra={"task": self.name, "key_path": True})
         if object_id is None:
             return
         if self.name.endswith("refund_order"):

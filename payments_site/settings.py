@@ -6,6 +6,8 @@ secrets: a missing SECRET_KEY fails loudly instead of running with a guessable o
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import environ
@@ -37,10 +39,11 @@ INSTALLED_APPS = [
     "channels",
     "payments",
     "reconciliation",
+    "payments_site",  # observability set up when Django is ready (payments_site/apps.py)
 ]
 
 MIDDLEWARE = [
-    "payments_site.tracing.TraceIdMiddleware",
+    "payments_site.tracing.TraceIdMiddleware",  # after OpenTelemetry's, which the instrumentation puts first
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -146,31 +149,77 @@ ALIPAY_SIM_PRIVATE_KEY_PATH = env.str("ALIPAY_SIM_PRIVATE_KEY_PATH", default="")
 WECHATPAY_SIM_MERCHANT_PUBLIC_KEY_PATH = env.str("WECHATPAY_SIM_MERCHANT_PUBLIC_KEY_PATH", default="")
 WECHATPAY_SIM_PLATFORM_PRIVATE_KEY_PATH = env.str("WECHATPAY_SIM_PLATFORM_PRIVATE_KEY_PATH", default="")
 
-# Logs: JSON lines by default, a console format for `make run` (LOG_FORMAT=console).
+# Logs: JSON lines by default, a console format for `make run` (LOG_FORMAT=console). One handler on the root
+# logger for web, worker and beat (celery.py keeps Celery from installing its own). The context filter
+# stamps service, trace and the bound ids; the sampling filter runs first so that dropped lines cost little.
 LOG_FORMAT = env.str("LOG_FORMAT", default="json")
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
+# Sampling of routine INFO/DEBUG lines (design notes 2.4): a fixed rate, times the rate of the load tier the
+# process is in ("<load %>:<rate>", load = max(CPU of one core, log lines/s against LOG_SAMPLE_BUSY_LINES_PER_S)).
+# Key paths (extra={"key_path": True}) and WARNING+ are always kept. An empty LOG_SAMPLE_LOAD_TIERS turns the
+# load-based part off.
+LOG_SAMPLE_RATE = env.float("LOG_SAMPLE_RATE", default=1.0)
+LOG_SAMPLE_LOAD_TIERS = env.str("LOG_SAMPLE_LOAD_TIERS", default="60:0.5,80:0.1")
+LOG_SAMPLE_BUSY_LINES_PER_S = env.float("LOG_SAMPLE_BUSY_LINES_PER_S", default=1000.0)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"trace": {"()": "payments_site.tracing.TraceIdFilter"}},
+    "filters": {
+        "sampling": {
+            "()": "payments_site.logs.SamplingFilter",
+            "rate": LOG_SAMPLE_RATE,
+            "load_tiers": LOG_SAMPLE_LOAD_TIERS,
+            "busy_lines_per_s": LOG_SAMPLE_BUSY_LINES_PER_S,
+        },
+        "context": {"()": "payments_site.logs.ContextFilter"},
+    },
     "formatters": {
         "json": {
             "()": "pythonjsonlogger.json.JsonFormatter",
-            "format": "%(asctime)s %(levelname)s %(name)s %(message)s %(trace_id)s",
-            "rename_fields": {"asctime": "timestamp", "levelname": "level", "name": "logger"},
+            "format": "%(levelname)s %(name)s %(message)s",
+            "rename_fields": {"levelname": "level", "name": "logger"},
+            "timestamp": True,  # RFC 3339 in UTC, from the record's own time
         },
-        "console": {"format": "%(asctime)s %(levelname)-7s %(name)s [%(trace_id)s] %(message)s"},
+        "console": {"format": "%(asctime)s %(levelname)-7s %(service)-6s %(name)s [%(trace_id)s] %(message)s"},
     },
     "handlers": {
         "stdout": {
             "class": "logging.StreamHandler",
+            "stream": "ext://sys.stdout",
             "formatter": "json" if LOG_FORMAT == "json" else "console",
-            "filters": ["trace"],
+            "filters": ["sampling", "context"],
         }
     },
     "root": {"handlers": ["stdout"], "level": LOG_LEVEL},
-    "loggers": {"django.db.backends": {"level": "INFO"}},
+    "loggers": {
+        "django.db.backends": {"level": "INFO"},
+        # httpx logs every request's full URL, query string (and an Alipay signature) included; the channel
+        # wrapper logs each call without it.
+        "httpx": {"level": "WARNING"},
+    },
 }
+
+# Sentry: off unless SENTRY_DSN is set (payments_site/telemetry.py).
+SENTRY_DSN = env.str("SENTRY_DSN", default="")
+SENTRY_ENVIRONMENT = env.str("SENTRY_ENVIRONMENT", default="development" if DEBUG else "production")
+SENTRY_RELEASE = env.str("SENTRY_RELEASE", default="")
+
+# Metrics (prometheus_client multiprocess mode): every process of a host writes its samples under one
+# directory, which /metrics reads. Deployments set it to a directory emptied when the host's processes start
+# (`make run` does); without one, this process and its children (the tests' worker) share a fresh one.
+PROMETHEUS_MULTIPROC_DIR = (
+    env.str("PROMETHEUS_MULTIPROC_DIR", default="") or tempfile.mkdtemp(prefix="payments-metrics-")
+)
+os.makedirs(PROMETHEUS_MULTIPROC_DIR, exist_ok=True)
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = PROMETHEUS_MULTIPROC_DIR  # read when prometheus_client is imported
+# A worker on a host without a web process serves its own metrics on this port (0: off).
+WORKER_METRICS_PORT = env.int("WORKER_METRICS_PORT", default=0)
+WORKER_METRICS_ADDR = env.str("WORKER_METRICS_ADDR", default="127.0.0.1")
+
+# Channel circuit breakers (channels/instrumented.py): open after this many retryable or unknown outcomes
+# in a row, and let a trial call through after the cool-down.
+CHANNEL_BREAKER_THRESHOLD = env.int("CHANNEL_BREAKER_THRESHOLD", default=5)
+CHANNEL_BREAKER_COOLDOWN_S = env.float("CHANNEL_BREAKER_COOLDOWN_S", default=30.0)
 SWEEP_NOTIFICATION_AFTER_S = env.int("SWEEP_NOTIFICATION_AFTER_S", default=30)
 TASK_RETRY_BACKOFF_S = env.int("TASK_RETRY_BACKOFF_S", default=2)
 TASK_RETRY_BACKOFF_MAX_S = env.int("TASK_RETRY_BACKOFF_MAX_S", default=300)

@@ -1,40 +1,28 @@
-"""Trace ids for requests, tasks and log lines."""
+"""The trace id of each request, answered in ``X-Trace-Id``, and a fresh log context per request.
+
+OpenTelemetry's Django middleware (installed first by ``telemetry.setup_tracing``) starts the request's
+span, continuing the caller's W3C ``traceparent`` when there is one; this middleware runs inside it.
+"""
 
 from __future__ import annotations
 
-import logging
 from typing import Callable
 
 from django.http import HttpRequest, HttpResponse
 
-from payments.observability import (
-    bind_trace_id,
-    current_trace_id,
-    new_trace_id,
-    trace_id_from_traceparent,
-    unbind_trace_id,
-)
+from payments import observability
 
 
 class TraceIdMiddleware:
-    """Continue the caller's W3C trace or start one; answer it in ``X-Trace-Id``."""
-
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        trace_id = trace_id_from_traceparent(request.headers.get("traceparent")) or new_trace_id()
-        token = bind_trace_id(trace_id)
+        # Threads serve one request after another: ids bound for the last one must not leak into this one.
+        token = observability.clear()
         try:
             response = self.get_response(request)
+            response["X-Trace-Id"] = observability.current_trace_id()
         finally:
-            unbind_trace_id(token)
-        response["X-Trace-Id"] = trace_id
+            observability.restore(token)
         return response
-
-
-class TraceIdFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not getattr(record, "trace_id", None):
-            record.trace_id = current_trace_id()
-        return True

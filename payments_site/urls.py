@@ -3,6 +3,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from payments import callbacks, health
+from payments_site.metrics import metrics_view
 
 urlpatterns = [
     path("api/v1/", include("payments.api.urls")),
@@ -11,5 +12,6 @@ urlpatterns = [
     path("callbacks/<str:channel>", callbacks.channel_callback, name="channel-callback"),
     path("healthz", health.healthz),
     path("readyz", health.readyz),
+    path("metrics", metrics_view),
     path("admin/", admin.site.urls),
 ]

@@ -12,6 +12,7 @@ from rest_framework import authentication, exceptions, throttling
 from rest_framework.request import Request
 
 from payments.models import ApiKey, Merchant
+from payments.observability import bind
 from payments.services import hash_key
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
             )
         except ApiKey.DoesNotExist:
             raise exceptions.AuthenticationFailed() from None
+        bind(merchant_id=key.merchant.public_id)  # on every log line of this request
         return key.merchant, key
 
     def authenticate_header(self, request: Request) -> str:

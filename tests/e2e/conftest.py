@@ -154,6 +154,10 @@ def worker(
         "TASK_RETRY_BACKOFF_S": "1",
         "TASK_RETRY_BACKOFF_MAX_S": "2",
         "TASK_MAX_RETRIES": "4",
+        # A test that exhausts the channel must not leave its breaker open for the next test.
+        "CHANNEL_BREAKER_COOLDOWN_S": "1",
+        # Keep every line: the tests read the worker's log (sampling has its own tests).
+        "LOG_SAMPLE_RATE": "1", "LOG_SAMPLE_LOAD_TIERS": "",
     }
     for name in OTHER_SIMULATORS:
         try:

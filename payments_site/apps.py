@@ -1,0 +1,23 @@
+"""The project as an app, only so that observability is set up once Django is ready, in every process."""
+
+from __future__ import annotations
+
+from django.apps import AppConfig
+
+
+class SiteConfig(AppConfig):
+    name = "payments_site"
+    label = "payments_site"
+    verbose_name = "Payment processor site"
+
+    def ready(self) -> None:
+        from payments_site import celery, logs, telemetry
+
+        if celery.started_as("worker"):
+            logs.set_service("worker")
+            # Tracing waits for the worker's pool processes (payments_site.celery).
+        else:
+            if celery.started_as("beat"):
+                logs.set_service("beat")
+            telemetry.setup_tracing()
+        telemetry.setup_sentry()
