@@ -87,7 +87,8 @@ class RefundResult:
 
 @dataclass(frozen=True)
 class Notification:
-    """A verified inbound notification. ``notification_id`` is the channel's own id, stable across retries."""
+    """A verified inbound notification. ``notification_id`` is the channel's own id, stable across retries.
+    With neither ``trade`` nor ``refund`` it is an event we do not act on: acknowledged and kept, nothing more."""
 
     notification_id: str
     out_trade_no: str

@@ -251,7 +251,9 @@ def order_charge(*, order_id: int) -> None:
     if order.charge_attempts > 1:
         # An earlier attempt may have reached the channel: ask before sending anything again.
         found = channel.query_trade(out_trade_no=order.public_id)
-        if found.status != TradeStatus.NOT_FOUND:
+        # A waiting trade without its pay_url (channels' queries rarely return it) falls through to the
+        # create below, which the channel deduplicates by out_trade_no and answers with the same pay_url.
+        if found.status != TradeStatus.NOT_FOUND and (found.status != TradeStatus.WAITING or found.pay_url):
             _order_settle_after_charge(order_id, found, Source.WORKER)
             return
     try:
@@ -267,8 +269,10 @@ def order_charge(*, order_id: int) -> None:
         # The create may have happened. The query decides; if the channel has no such trade, the next
         # attempt (with backoff) queries again before it creates, with the same out_trade_no.
         trade = channel.query_trade(out_trade_no=order.public_id)
-        if trade.status == TradeStatus.NOT_FOUND:
-            raise Retryable("trade not found after an unanswered create", code="channel_timeout") from None
+        if trade.status == TradeStatus.NOT_FOUND or (trade.status == TradeStatus.WAITING and not trade.pay_url):
+            # Nothing yet, or a trade we cannot show the payer: the next attempt queries again, then
+            # resubmits the same out_trade_no (never a second trade).
+            raise Retryable("no usable trade after an unanswered create", code="channel_timeout") from None
     except Refused as refusal:
         with transaction.atomic():
             order = _locked_order(order_id)
@@ -488,6 +492,10 @@ def _apply_refund(order: Order, refund: Refund, result: RefundResult, source: st
         return
     if refund.status == RefundState.PENDING and result.status != RefundStatus.FAILED:
         _fire(refund, "mark_processing", source=source, channel_refund_no=result.channel_refund_no or "")
+    if result.status == RefundStatus.PROCESSING and result.failure_code and refund.attention != result.failure_code:
+        # Stuck at the channel (e.g. WeChat's REFUND.ABNORMAL: the payer's account refused the money). Failing
+        # it would free the amount for a second refund, so it stays processing and ops are told.
+        _flag(refund, result.failure_code)
     if result.status == RefundStatus.SUCCEEDED:
         _fire(
             refund, "mark_succeeded", source=source,
@@ -569,7 +577,9 @@ def notification_apply(*, notification_id: int) -> None:
             _bind_order(order)
             link_origin_trace(order.trace_id)
         reason = ""
-        if order is None or order.channel != row.channel:
+        if notification.trade is None and notification.refund is None:
+            pass  # verified, acknowledged, nothing to act on
+        elif order is None or order.channel != row.channel:
             reason = "unknown_order"
         elif notification.trade is not None:
             trade = notification.trade

@@ -206,9 +206,11 @@ def test_unanswered_create_is_queried_and_answers_the_one_trade(
     channel: WechatPayChannel, sim: WechatPaySimulator
 ) -> None:
     fault(sim, "create", "timeout_after_processing")
+    expect(UnknownOutcome, "channel_timeout", lambda: create(channel))
+    # The channel made the trade but its query carries no code_url; the identical create (what the core sends
+    # after the query) answers the code_url of the same trade, never a second one.
+    assert channel.query_trade(out_trade_no="ord_wx_adapter1").status == TradeStatus.WAITING
     trade = create(channel)
-    # The create timed out after the channel made the trade; the query found it unpaid, and only the identical
-    # create answers its code_url: the channel gave the same trade back, never a second one.
     assert trade.status == TradeStatus.WAITING and trade.pay_url
     assert trade_of(sim, "ord_wx_adapter1")["create_calls"] == 2
     pay(trade.pay_url)

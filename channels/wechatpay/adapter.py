@@ -255,18 +255,9 @@ class WechatPayChannel(Channel):
             "notify_url": notify_url,
             "amount": {"total": amount, "currency": currency},
         }
-        try:
-            data = self._json("POST", NATIVE, payload)[1]
-        except UnknownOutcome:
-            # The create may have happened: the query decides. Only the create's answer carries the code_url,
-            # so for a trade the query shows unpaid we send the identical create again: the channel answers
-            # an out_trade_no it already holds with the same code_url and never makes a second trade.
-            found = self.query_trade(out_trade_no=out_trade_no)
-            if found.status == TradeStatus.NOT_FOUND:
-                raise
-            if found.status != TradeStatus.WAITING:
-                return found
-            data = self._json("POST", NATIVE, payload)[1]
+        # Only this answer carries the code_url; after an unanswered create, the core queries and then sends
+        # the identical create again, which the channel answers with the same code_url (never a second trade).
+        data = self._json("POST", NATIVE, payload)[1]
         code_url = self._parse(lambda d: str(d["code_url"]), data)
         return TradeResult(out_trade_no, TradeStatus.WAITING, amount=amount, currency=currency, pay_url=code_url)
 
@@ -341,14 +332,15 @@ class WechatPayChannel(Channel):
             resource = message["resource"]
         except (ValueError, KeyError, TypeError) as exc:
             raise InvalidNotification("malformed") from exc
-        if event not in EVENTS:
-            raise InvalidNotification("unknown_type")
         try:
             data = json.loads(signing.decrypt(self.apiv3_key, resource))
         except (ValueError, TypeError, AttributeError) as exc:
             raise InvalidNotification("decrypt_failed") from exc
         if not isinstance(data, dict) or data.get("mchid") != self.mchid:
             raise InvalidNotification("wrong_merchant")
+        if event not in EVENTS:
+            # Verified, but nothing we act on: acknowledge it, or WeChat retries it for a day.
+            return Notification(notification_id, str(data.get("out_trade_no", "")))
         try:
             if event == "TRANSACTION.SUCCESS":
                 trade = _trade(data)
