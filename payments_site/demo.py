@@ -41,16 +41,25 @@ def main() -> int:
     parser.add_argument("--base-url", default="http://127.0.0.1:8000")
     parser.add_argument("--key-file", default=".dev/demo_key")
     parser.add_argument("--wait", action="store_true", help="wait for the web process to be ready first")
+    parser.add_argument("--channels", default="sandbox,alipay,wechatpay", help="comma-separated, in order")
     args = parser.parse_args()
     if args.wait:
         wait_ready(args.base_url)
     key = Path(args.key_file).read_text().strip()
     client = httpx.Client(base_url=args.base_url + "/api/v1", headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    ok = True
+    for channel in args.channels.split(","):
+        print(f"--- {channel}")
+        ok = tour(client, channel) and ok
+    return 0 if ok else 1
 
+
+def tour(client: httpx.Client, channel: str) -> bool:
+    """Create, pay and refund one order on ``channel``; True if it ends fully refunded."""
     order = client.post(
         "/orders",
         json={"merchant_order_no": f"DEMO-{uuid.uuid4().hex[:10]}", "amount": 1050, "currency": "CNY",
-              "channel": "sandbox", "description": "Coffee beans 1kg"},
+              "channel": channel, "description": "Coffee beans 1kg"},
         headers={"Idempotency-Key": uuid.uuid4().hex},
     ).raise_for_status().json()
     show("created", order)
@@ -58,7 +67,7 @@ def main() -> int:
     show("channel holds it", order)
     if order["status"] != "pending":
         print("the charge did not reach pending; is `make run` running?", file=sys.stderr)
-        return 1
+        return False
     print(f"{'paying at':<28} {order['pay_url']}")
     httpx.post(order["pay_url"], data={"action": "pay"}, timeout=10).raise_for_status()
     order = wait_for(client, f"/orders/{order['id']}", {"succeeded"})
@@ -75,7 +84,7 @@ def main() -> int:
     events = client.get("/events", params={"limit": 100}).json()["data"]
     ours = [e for e in events if order["id"] in (e["data"]["object"]["id"], e["data"]["object"].get("order"))]
     print("events:", ", ".join(event["type"] for event in reversed(ours)))
-    return 0 if order["status"] == "refunded" else 1
+    return order["status"] == "refunded"
 
 
 if __name__ == "__main__":
