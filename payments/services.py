@@ -308,8 +308,12 @@ def _apply_trade(order: Order, trade: TradeResult, source: str) -> None:
     ):
         _flag(order, "channel_amount_mismatch")
         return
-    if trade.status == TradeStatus.WAITING and order.status == OrderStatus.CREATED:
-        _fire(order, "mark_pending", source=source, pay_url=trade.pay_url or "", channel_trade_no=trade.channel_trade_no or "")
+    if trade.status == TradeStatus.WAITING:
+        # Pending means the payer can pay: only an answer that carries the pay_url (the create's) moves it.
+        # A waiting trade heard of otherwise (a query, Alipay's WAIT_BUYER_PAY) leaves that to the charge.
+        if order.status == OrderStatus.CREATED and trade.pay_url:
+            _fire(order, "mark_pending", source=source, pay_url=trade.pay_url,
+                  channel_trade_no=trade.channel_trade_no or "")
     elif trade.status == TradeStatus.SUCCEEDED:
         if order.status in OPEN_ORDER_STATES:
             _fire(

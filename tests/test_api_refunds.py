@@ -72,7 +72,8 @@ def test_a_refund_of_an_unpaid_order_is_409(client_a, merchant_a, assert_api_err
         merchant=merchant_a.merchant, merchant_order_no="U-1", amount=1000, currency="CNY", channel="sandbox"
     )
     if channel_says:  # pending or closed, through the real service as a channel answer
-        trade = TradeResult(out_trade_no=order.public_id, status=channel_says, amount=1000, currency="CNY")
+        trade = TradeResult(out_trade_no=order.public_id, status=channel_says, amount=1000, currency="CNY",
+                            pay_url="http://127.0.0.1:8101/pay/x")
         order = services.order_apply_trade(order_id=order.pk, trade=trade, source="worker")
     assert order.status == state
     assert_api_error(refund(client_a, order), 409, "invalid_request_error", "order_state")

@@ -8,7 +8,7 @@ import time
 import pytest
 from django.conf import settings
 
-from channels.base import RefundResult, RefundStatus
+from channels.base import RefundResult, RefundStatus, TradeResult, TradeStatus
 from channels.sandbox import signing
 from payments import services
 from payments.models import ChannelNotification
@@ -50,3 +50,15 @@ def test_a_refund_stuck_at_the_channel_stays_processing_and_is_flagged(merchant_
     assert again.amount == 600
     with pytest.raises(services.RefundExceedsAmount):
         services.refund_request(order_id=order.pk, merchant_refund_no="R-3", amount=1)
+
+
+def test_a_waiting_trade_without_its_pay_url_leaves_a_created_order_to_the_charge(merchant_a) -> None:
+    # e.g. Alipay's WAIT_BUYER_PAY notification racing the create's answer: pending needs a payable link.
+    order, _ = services.order_create(merchant=merchant_a.merchant, merchant_order_no="W-1", amount=1000,
+                                     currency="CNY", channel="sandbox")
+    waiting = TradeResult(out_trade_no=order.public_id, status=TradeStatus.WAITING, amount=1000, currency="CNY")
+    assert services.order_apply_trade(order_id=order.pk, trade=waiting, source="callback").status == "created"
+    with_link = TradeResult(out_trade_no=order.public_id, status=TradeStatus.WAITING, amount=1000, currency="CNY",
+                            pay_url="http://127.0.0.1:8101/pay/x")
+    order = services.order_apply_trade(order_id=order.pk, trade=with_link, source="worker")
+    assert (order.status, order.pay_url) == ("pending", "http://127.0.0.1:8101/pay/x")
