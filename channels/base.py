@@ -18,6 +18,10 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+# Alipay's and WeChat Pay's times and bill days are Beijing time. China has kept +08:00 all year since 1991,
+# so a fixed offset is exact (and needs no time zone database).
+CHINA_TIME = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")
+
 
 class ChannelError(Exception):
     """Base of the channel outcome errors. ``code`` is our internal failure code."""

@@ -51,6 +51,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from channels.alipay import signing
 from channels.money import from_major, to_major
 from channels.simulator import (
+    BadRequest,
     ChannelSimulator,
     Notification,
     Request,
@@ -144,10 +145,6 @@ class Trade:
     @property
     def refunded(self) -> int:
         return sum(r.amount for r in self.refunds)
-
-
-class BadRequest(ValueError):
-    pass
 
 
 def _digits(n: int) -> str:

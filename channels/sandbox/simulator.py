@@ -32,7 +32,7 @@ from channels.sandbox.signing import (
     signatures_equal,
     timestamp_fresh,
 )
-from channels.simulator import ChannelSimulator, Notification, Request, Response, rfc3339, run_forever
+from channels.simulator import BadRequest, ChannelSimulator, Notification, Request, Response, rfc3339, run_forever
 
 DEFAULT_PORT = 8101
 RETRY_SCHEDULE = (15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
@@ -83,10 +83,6 @@ class Trade:
     failed_attempts: int = 0
     refunds: list[Refund] = field(default_factory=list)
     notifications: list[Notification] = field(default_factory=list)
-
-
-class BadRequest(ValueError):
-    pass
 
 
 def _time(t: float | None) -> str | None:
@@ -297,21 +293,11 @@ class SandboxSimulator(ChannelSimulator):
         trade.notifications.append(notification)
         self.notify(notification)
 
-    @staticmethod
-    def _body(req: Request) -> dict[str, Any]:
-        try:
-            body = req.json()
-        except ValueError:
-            body = None
-        if not isinstance(body, dict):
-            raise BadRequest("the body must be a JSON object")
-        return body
-
     # -- operations ------------------------------------------------------------------------------------------
 
     def _create(self, req: Request, merchant_id: str) -> Response:
         try:
-            body = self._body(req)
+            body = req.json_object()
             out_trade_no = _field(body, "out_trade_no", "number")
             amount = _field(body, "amount", "amount")
             currency = body.get("currency")
@@ -365,7 +351,7 @@ class SandboxSimulator(ChannelSimulator):
 
     def _refund(self, req: Request, merchant_id: str) -> Response:
         try:
-            body = self._body(req)
+            body = req.json_object()
             out_trade_no = _field(body, "out_trade_no", "number")
             out_refund_no = _field(body, "out_refund_no", "number")
             amount = _field(body, "amount", "amount")

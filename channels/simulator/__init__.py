@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from .core import BillAdjustment, ChannelSimulator, Request, Response, run_forever
+from .core import BadRequest, BillAdjustment, ChannelSimulator, Request, Response, run_forever
 from .faults import Clock, Fault, FaultBook
 from .notifier import Notification, Notifier, rfc3339
 
 __all__ = [
+    "BadRequest",
     "BillAdjustment",
     "ChannelSimulator",
     "Clock",

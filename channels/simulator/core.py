@@ -33,6 +33,10 @@ MAX_BODY = 1 << 20
 DATE_RE = r"\d{4}-\d{2}-\d{2}"
 
 
+class BadRequest(ValueError):
+    """A request the channel would refuse as malformed; each simulator answers it in its own protocol."""
+
+
 @dataclass
 class Request:
     method: str
@@ -51,6 +55,16 @@ class Request:
     def json(self) -> Any:
         """The JSON body; ValueError if it is not JSON."""
         return json.loads(self.body) if self.body.strip() else None
+
+    def json_object(self) -> dict[str, Any]:
+        """The body as a JSON object, or ``BadRequest``."""
+        try:
+            body = self.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise BadRequest("the body must be a JSON object")
+        return body
 
     def form(self) -> dict[str, str]:
         return dict(parse_qsl(self.body.decode("utf-8", "replace")))

@@ -20,6 +20,7 @@ from urllib.parse import quote
 import httpx
 
 from channels.base import (
+    CHINA_TIME,
     BillRow,
     Channel,
     ChannelError,
@@ -38,8 +39,7 @@ from channels.http import Timeouts, new_client, send
 from channels.money import from_major
 from channels.wechatpay import signing
 
-# China has kept UTC+8 without daylight saving since 1991; the channel's times and bill days are in it.
-SHANGHAI = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")
+SHANGHAI = CHINA_TIME  # the channel's times and bill days
 NATIVE = "/v3/pay/transactions/native"
 REFUNDS = "/v3/refund/domestic/refunds"
 

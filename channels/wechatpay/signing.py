@@ -19,10 +19,19 @@ import secrets
 import time
 from collections.abc import Mapping
 
-from cryptography.exceptions import InvalidSignature, InvalidTag
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+# Part of this module's API: keys, and SHA256withRSA signatures over the messages built here.
+from channels.rsa import (  # noqa: F401
+    load_private_key,
+    load_public_key,
+    private_pem,
+    public_pem,
+    sign,
+    verify,
+)
 
 SCHEMA = "WECHATPAY2-SHA256-RSA2048"
 ALGORITHM = "AEAD_AES_256_GCM"
@@ -40,33 +49,6 @@ _AUTH_PARAM = re.compile(r'(\w+)="([^"]*)"')
 # -- keys ------------------------------------------------------------------------------------------------
 
 
-def load_private_key(pem: str | bytes) -> rsa.RSAPrivateKey:
-    key = serialization.load_pem_private_key(pem.encode() if isinstance(pem, str) else pem, password=None)
-    if not isinstance(key, rsa.RSAPrivateKey):
-        raise TypeError("not an RSA private key")
-    return key
-
-
-def load_public_key(pem: str | bytes) -> rsa.RSAPublicKey:
-    key = serialization.load_pem_public_key(pem.encode() if isinstance(pem, str) else pem)
-    if not isinstance(key, rsa.RSAPublicKey):
-        raise TypeError("not an RSA public key")
-    return key
-
-
-def private_pem(key: rsa.RSAPrivateKey) -> str:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-
-
-def public_pem(key: rsa.RSAPublicKey) -> str:
-    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-
-
-# -- RSA signatures --------------------------------------------------------------------------------------
-
-
 def new_nonce() -> str:
     return secrets.token_hex(16).upper()
 
@@ -78,18 +60,6 @@ def request_message(method: str, url: str, timestamp: str, nonce: str, body: byt
 def answer_message(timestamp: str, nonce: str, body: bytes) -> bytes:
     """What an answer's or a notification's signature covers."""
     return f"{timestamp}\n{nonce}\n".encode() + body + b"\n"
-
-
-def sign(key: rsa.RSAPrivateKey, message: bytes) -> str:
-    return base64.b64encode(key.sign(message, padding.PKCS1v15(), hashes.SHA256())).decode()
-
-
-def verify(key: rsa.RSAPublicKey, message: bytes, signature: str) -> bool:
-    try:
-        key.verify(base64.b64decode(signature, validate=True), message, padding.PKCS1v15(), hashes.SHA256())
-    except (InvalidSignature, ValueError):
-        return False
-    return True
 
 
 def timestamp_fresh(timestamp: str | None, now: float | None = None) -> bool:

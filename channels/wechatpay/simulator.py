@@ -50,7 +50,7 @@ from urllib.parse import quote
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from channels.money import to_major
-from channels.simulator import ChannelSimulator, Notification, Request, Response, run_forever
+from channels.simulator import BadRequest, ChannelSimulator, Notification, Request, Response, run_forever
 from channels.wechatpay import signing
 
 DEFAULT_PORT = 8103
@@ -125,10 +125,6 @@ class Trade:
     failed_attempts: int = 0
     refunds: list[Refund] = field(default_factory=list)
     notifications: list[Notification] = field(default_factory=list)
-
-
-class BadRequest(ValueError):
-    pass
 
 
 def _cst(t: float | None) -> str | None:
@@ -406,21 +402,11 @@ class WechatPaySimulator(ChannelSimulator):
                            "payer_refund": refund.amount},
             })
 
-    @staticmethod
-    def _body(req: Request) -> dict[str, Any]:
-        try:
-            body = req.json()
-        except ValueError:
-            body = None
-        if not isinstance(body, dict):
-            raise BadRequest("the body must be a JSON object")
-        return body
-
     # -- operations ------------------------------------------------------------------------------------------
 
     def _create(self, req: Request, account: Account) -> Response:
         try:
-            body = self._body(req)
+            body = req.json_object()
             appid, mchid = _text(body, "appid", 32), _text(body, "mchid", 32)
             description = _text(body, "description", 127)
             out_trade_no = _number(body, "out_trade_no", OUT_TRADE_NO_RE)
@@ -478,7 +464,7 @@ class WechatPaySimulator(ChannelSimulator):
 
     def _close(self, req: Request, account: Account, out_trade_no: str) -> Response:
         try:
-            if self._body(req).get("mchid") != account.mchid:
+            if req.json_object().get("mchid") != account.mchid:
                 raise BadRequest("mchid")
         except BadRequest as exc:
             return self._error(account, 400, "PARAM_ERROR", f"参数错误: {exc}")
@@ -497,7 +483,7 @@ class WechatPaySimulator(ChannelSimulator):
 
     def _refund(self, req: Request, account: Account) -> Response:
         try:
-            body = self._body(req)
+            body = req.json_object()
             out_trade_no = body.get("out_trade_no")
             transaction_id = body.get("transaction_id")
             if not isinstance(out_trade_no, str) and not isinstance(transaction_id, str):
