@@ -13,35 +13,20 @@ from payments import tasks
 from payments.models import ChannelNotification, Event, Order, Refund, TransitionLog
 from tests.conftest import make_actor
 from tests.e2e import alipay_fixtures
+from tests.e2e import orders
 from tests.e2e.conftest import Simulator, wait_until
+from tests.e2e.orders import order_in, pay
 
 pytestmark = pytest.mark.e2e
 alipay = alipay_fixtures.alipay  # the per-test fixture: a clean simulator and broker
 
 
 def create_order(client, number: str = "ALI-1", amount: int = 1000) -> dict:
-    response = client.post(
-        "/api/v1/orders",
-        {"merchant_order_no": number, "amount": amount, "currency": "CNY", "channel": "alipay"},
-        format="json",
-    )
-    assert response.status_code == 201, response.json()
-    return response.json()
-
-
-def order_in(order_id: str, *states: str, timeout_s: float = 20) -> Order:
-    return wait_until(
-        lambda: Order.objects.filter(public_id=order_id, status__in=states).first(),
-        timeout_s=timeout_s, what=f"order {order_id} to reach {states}",
-    )
+    return orders.create_order(client, number, amount, channel="alipay")
 
 
 def pending_order(client, number: str = "ALI-1", amount: int = 1000) -> Order:
     return order_in(create_order(client, number, amount)["id"], "pending")
-
-
-def pay(order: Order) -> httpx.Response:
-    return httpx.post(order.pay_url, data={"action": "pay"}, timeout=10)
 
 
 def refund(client, order: Order, number: str, amount: int) -> None:

@@ -21,7 +21,7 @@ from django.conf import settings
 from payments.models import Order
 from tests.conftest import make_actor
 from tests.e2e.conftest import Simulator, wait_until
-from tests.e2e.test_sandbox_flow import create_order, order_in, pay
+from tests.e2e.orders import create_order, order_in, pay
 
 pytestmark = pytest.mark.e2e
 

@@ -9,29 +9,9 @@ from payments import services
 from payments.models import ChannelNotification, Event, Order, Refund, TransitionLog
 from tests.conftest import make_actor
 from tests.e2e.conftest import Simulator, wait_until
+from tests.e2e.orders import create_order, order_in, pay
 
 pytestmark = pytest.mark.e2e
-
-
-def create_order(client, number: str = "E2E-1", amount: int = 1000, **extra) -> dict:
-    response = client.post(
-        "/api/v1/orders",
-        {"merchant_order_no": number, "amount": amount, "currency": "CNY", "channel": "sandbox", **extra},
-        format="json",
-    )
-    assert response.status_code == 201, response.json()
-    return response.json()
-
-
-def order_in(order_id: str, *states: str, timeout_s: float = 20) -> Order:
-    return wait_until(
-        lambda: Order.objects.filter(public_id=order_id, status__in=states).first(),
-        timeout_s=timeout_s, what=f"order {order_id} to reach {states}",
-    )
-
-
-def pay(order: Order) -> None:
-    httpx.post(order.pay_url, data={"action": "pay"}, timeout=10).raise_for_status()
 
 
 def test_order_is_paid_and_refunded_end_to_end(e2e: Simulator) -> None:

@@ -17,7 +17,9 @@ from channels.wechatpay import signing
 from channels.wechatpay.adapter import SHANGHAI
 from payments.models import ChannelNotification, Event, Order, Refund, TransitionLog
 from tests.conftest import make_actor
+from tests.e2e import orders
 from tests.e2e.conftest import Simulator, wait_until
+from tests.e2e.orders import order_in, pay
 
 pytestmark = pytest.mark.e2e
 
@@ -31,25 +33,7 @@ def wx(e2e: Simulator, wechatpay_sim: Simulator) -> Iterator[Simulator]:
 
 
 def create_order(client, number: str = "WX-1", amount: int = 1000) -> dict:
-    response = client.post(
-        "/api/v1/orders",
-        {"merchant_order_no": number, "amount": amount, "currency": "CNY", "channel": "wechatpay",
-         "description": "Coffee beans 1kg"},
-        format="json",
-    )
-    assert response.status_code == 201, response.json()
-    return response.json()
-
-
-def order_in(order_id: str, *states: str, timeout_s: float = 20) -> Order:
-    return wait_until(
-        lambda: Order.objects.filter(public_id=order_id, status__in=states).first(),
-        timeout_s=timeout_s, what=f"order {order_id} to reach {states}",
-    )
-
-
-def pay(order: Order) -> None:
-    httpx.post(order.pay_url, data={"action": "pay"}, timeout=10).raise_for_status()
+    return orders.create_order(client, number, amount, channel="wechatpay", description="Coffee beans 1kg")
 
 
 def paid_order(client, sim: Simulator, amount: int = 1000) -> Order:
