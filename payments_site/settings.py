@@ -192,6 +192,8 @@ LOGGING = {
     },
     "root": {"handlers": ["stdout"], "level": LOG_LEVEL},
     "loggers": {
+        # Django's own default handler prints django.* lines a second time, unformatted, when DEBUG is on.
+        "django": {"handlers": [], "level": "INFO", "propagate": True},
         "django.db.backends": {"level": "INFO"},
         # httpx logs every request's full URL, query string (and an Alipay signature) included; the channel
         # wrapper logs each call without it.

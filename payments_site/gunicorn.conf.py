@@ -1,0 +1,32 @@
+"""Gunicorn settings: its own log lines (start-up, workers, the access log) in the same format as the app's,
+JSON lines by default (LOG_FORMAT=console for `make run`). Used as `gunicorn -c payments_site/gunicorn.conf.py`."""
+
+import os
+
+_json = os.environ.get("LOG_FORMAT", "json") == "json"
+
+accesslog = "-"
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "format": "%(levelname)s %(name)s %(message)s",
+            "rename_fields": {"levelname": "level", "name": "logger"},
+            "timestamp": True,
+            "static_fields": {"service": "web"},
+        },
+        "console": {"format": "%(asctime)s %(levelname)-7s web    %(name)s %(message)s"},
+    },
+    "handlers": {
+        "stdout": {"class": "logging.StreamHandler", "stream": "ext://sys.stdout", "formatter": "json" if _json else "console"},
+    },
+    # Replaces gunicorn's default root (the app's Django LOGGING configures the root in each worker).
+    "root": {"level": "INFO", "handlers": []},
+    "loggers": {
+        "gunicorn.error": {"handlers": ["stdout"], "level": "INFO", "propagate": False},
+        "gunicorn.access": {"handlers": ["stdout"], "level": "INFO", "propagate": False},
+    },
+}
