@@ -110,6 +110,8 @@ class Order(FSMModelMixin, models.Model):
     attention = models.CharField(max_length=64, blank=True, db_index=True)
     charge_attempts = models.PositiveIntegerField(default=0)
     trace_id = models.CharField(max_length=32, blank=True, help_text="Trace of the request that created it.")
+    # As requested (seconds), so that a repeated create can be compared with the first; expires_at is derived.
+    expires_in = models.PositiveIntegerField(default=900)
     expires_at = models.DateTimeField()
     paid_at = models.DateTimeField(null=True, blank=True)
     last_channel_check_at = models.DateTimeField(null=True, blank=True)

@@ -214,6 +214,7 @@ def order_create(
         "description": description,
         "notify_url": notify_url,
         "metadata": dict(metadata or {}),
+        "expires_in": expires_in,
     }
     try:
         with transaction.atomic():

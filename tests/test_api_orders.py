@@ -278,3 +278,11 @@ def test_a_repeated_merchant_order_no_with_other_parameters_is_409(client_a, ass
 def test_merchant_order_no_is_unique_per_merchant_only(client_a, client_b) -> None:
     assert create(client_a).status_code == 201
     assert create(client_b).status_code == 201
+
+
+def test_a_repeated_merchant_order_no_with_another_expiry_is_409(client_a, assert_api_error) -> None:
+    body = {"merchant_order_no": "EXP-1", "amount": 1050, "currency": "CNY", "channel": "sandbox"}
+    assert client_a.post("/api/v1/orders", {**body, "expires_in": 600}, format="json").status_code == 201
+    assert client_a.post("/api/v1/orders", {**body, "expires_in": 600}, format="json").status_code == 200
+    assert_api_error(client_a.post("/api/v1/orders", {**body, "expires_in": 900}, format="json"),
+                     409, "invalid_request_error", "duplicate_merchant_order_no", "merchant_order_no")
