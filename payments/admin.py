@@ -52,12 +52,29 @@ class OrderAdmin(ReadOnlyAdmin):
     list_filter = ("status", "channel", "attention")
     search_fields = ("public_id", "merchant_order_no", "channel_trade_no", "trace_id")
     inlines = [RefundInline]
-    actions = ["retry_charge"]
+    actions = ["retry_charge", "accept_late_payment", "refund_late_payment"]
 
     @admin.action(description="Retry the charge of flagged orders (queries the channel first)")
     def retry_charge(self, request, queryset):
         retried = sum(services.order_retry(order_id=order.pk) for order in queryset)
         self.message_user(request, f"{retried} of {queryset.count()} orders sent to the charge queue again")
+
+    @admin.action(description="Late payment: accept it (the order becomes succeeded)")
+    def accept_late_payment(self, request, queryset):
+        self._decide(request, queryset, services.order_accept_late_payment)
+
+    @admin.action(description="Late payment: refund it in full through the channel")
+    def refund_late_payment(self, request, queryset):
+        self._decide(request, queryset, services.order_refund_late_payment)
+
+    def _decide(self, request, queryset, decision):
+        for order in queryset:
+            try:
+                decision(order_id=order.pk, by=request.user.get_username())
+            except services.OrderStateError as exc:
+                self.message_user(request, f"{order.public_id}: {exc}", messages.ERROR)
+            else:
+                self.message_user(request, f"{order.public_id}: done")
 
 
 @admin.register(Refund)

@@ -154,6 +154,13 @@ class Order(FSMModelMixin, models.Model):
     def mark_closed(self) -> None:
         pass
 
+    @transition(field=status, source=[S.CLOSED, S.FAILED], target=S.SUCCEEDED)
+    def accept_late_payment(self, *, paid_at, channel_trade_no: str) -> None:  # type: ignore[no-untyped-def]
+        """Ops' explicit decision to keep money that arrived after the order was closed or failed (API.md)."""
+        self.paid_at = paid_at
+        self.channel_trade_no = channel_trade_no or self.channel_trade_no
+        self.attention = ""
+
     @transition(field=status, source=PAID_ORDER_STATES, target=S.PARTIALLY_REFUNDED)
     def record_partial_refund(self, *, amount: int) -> None:
         self.amount_refunded += amount

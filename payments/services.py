@@ -81,7 +81,7 @@ class RefundExceedsAmount(Exception):
 # -- transitions -----------------------------------------------------------------------------------------
 
 
-def _fire(obj: Order | Refund, name: str, *, source: str, **kwargs: Any) -> None:
+def _fire(obj: Order | Refund, name: str, *, source: str, detail: dict | None = None, **kwargs: Any) -> None:
     """Fire transition ``name`` on a row the caller holds locked, save it, log it, and record the event
     merchants hear about. Runs inside the caller's transaction, so all of it commits or none does."""
     before = obj.status
@@ -96,6 +96,7 @@ def _fire(obj: Order | Refund, name: str, *, source: str, **kwargs: Any) -> None
         to_state=obj.status,
         source=source,
         trace_id=current_trace_id(),
+        detail=detail or {},
     )
     log.info(
         "%s %s: %s -> %s", kind, obj.public_id, before, obj.status,
@@ -396,6 +397,42 @@ def order_retry(*, order_id: int) -> bool:
     return True
 
 
+LATE_PAYMENT_FLAGS = ("paid_after_closed", "paid_after_failed")
+
+
+def order_accept_late_payment(*, order_id: int, by: str) -> Order:
+    """Ops keep a payment that arrived for a closed or failed order: the order becomes ``succeeded`` (and the
+    merchant hears ``order.succeeded``). The decision and who made it are in the transition log."""
+    with transaction.atomic():
+        order = _locked_order(order_id)
+        if order.attention not in LATE_PAYMENT_FLAGS:
+            raise OrderStateError("the order has no late payment to accept")
+        _fire(order, "accept_late_payment", source=Source.ADMIN, paid_at=timezone.now(),
+              channel_trade_no=order.channel_trade_no, detail={"decision": "accept_late_payment", "by": by})
+    return order
+
+
+def order_refund_late_payment(*, order_id: int, by: str) -> Refund:
+    """Ops return a payment that arrived for a closed or failed order: a full refund through the channel,
+    while the order stays as it was. The refund is an ordinary one (task, retries, query-first)."""
+    with transaction.atomic():
+        order = _locked_order(order_id)
+        if order.attention not in LATE_PAYMENT_FLAGS:
+            raise OrderStateError("the order has no late payment to refund")
+        refund = Refund.objects.create(
+            order=order, merchant_refund_no=f"late-payment-{order.public_id}", amount=order.amount,
+            currency=order.currency, reason="payment received after the order was closed",
+            trace_id=current_trace_id(),
+        )
+        _log_created(refund, Source.ADMIN)
+        order.attention = "late_payment_refunding"
+        order.save(update_fields=["attention", "updated_at"])
+        log.warning("late payment of %s refunded by %s", order.public_id, by,
+                    extra={"order_id": order.public_id, "refund_id": refund.public_id, "key_path": True})
+        _enqueue_on_commit(tasks.refund_order, refund.pk)
+    return refund
+
+
 def channel_notify_url(channel: str) -> str:
     from django.conf import settings
 
@@ -506,8 +543,14 @@ def _apply_refund(order: Order, refund: Refund, result: RefundResult, source: st
             refund, "mark_succeeded", source=source,
             succeeded_at=result.succeeded_at or timezone.now(), channel_refund_no=result.channel_refund_no or "",
         )
-        full = order.amount_refunded + refund.amount == order.amount
-        _fire(order, "record_full_refund" if full else "record_partial_refund", source=source, amount=refund.amount)
+        if order.status in PAID_ORDER_STATES:
+            full = order.amount_refunded + refund.amount == order.amount
+            _fire(order, "record_full_refund" if full else "record_partial_refund", source=source, amount=refund.amount)
+        else:
+            # A late payment returned (order_refund_late_payment): the order stays closed or failed.
+            order.amount_refunded += refund.amount
+            order.attention = ""
+            order.save(update_fields=["amount_refunded", "attention", "updated_at"])
     elif result.status == RefundStatus.FAILED:
         code = result.failure_code or "channel_refund_failed"
         _fire(refund, "mark_failed", source=source, code=code, message=f"the channel refused the refund ({code})")

@@ -18,6 +18,7 @@ ORDER_ARGS = {
     "mark_succeeded": {"paid_at": NOW, "channel_trade_no": "t1"},
     "mark_failed": {"code": "channel_refused", "message": "no"},
     "mark_closed": {},
+    "accept_late_payment": {"paid_at": NOW, "channel_trade_no": "t1"},
     "record_partial_refund": {"amount": 1},
     "record_full_refund": {"amount": 1},
 }
@@ -30,6 +31,9 @@ ORDER_ALLOWED = {
     (O.PENDING, "mark_succeeded"): O.SUCCEEDED,
     (O.PENDING, "mark_failed"): O.FAILED,
     (O.PENDING, "mark_closed"): O.CLOSED,
+    # API.md: money that arrives for a closed or failed order is accepted (or refunded) by ops' explicit decision.
+    (O.CLOSED, "accept_late_payment"): O.SUCCEEDED,
+    (O.FAILED, "accept_late_payment"): O.SUCCEEDED,
     (O.SUCCEEDED, "record_partial_refund"): O.PARTIALLY_REFUNDED,
     (O.SUCCEEDED, "record_full_refund"): O.REFUNDED,
     (O.PARTIALLY_REFUNDED, "record_partial_refund"): O.PARTIALLY_REFUNDED,
