@@ -77,5 +77,5 @@ def available_channels() -> tuple[str, ...]:
 
 
 def currencies(name: str) -> frozenset[str]:
-    """Currencies a channel takes (CNY everywhere; the sandbox also takes USD, EUR, JPY)."""
-    return frozenset({"CNY", "USD", "EUR", "JPY"}) if name == "sandbox" else frozenset({"CNY"})
+    """Currencies an available channel takes, as its adapter declares them."""
+    return get_channel(name).currencies

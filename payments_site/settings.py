@@ -116,10 +116,16 @@ SPECTACULAR_SETTINGS = {
 DEFAULT_PER_ORDER_LIMIT = env.int("DEFAULT_PER_ORDER_LIMIT", default=100_000_000)
 DEFAULT_RATE_LIMIT_PER_S = env.int("DEFAULT_RATE_LIMIT_PER_S", default=100)
 IDEMPOTENCY_TTL_S = env.int("IDEMPOTENCY_TTL_S", default=24 * 3600)
-# Sweeps: how long work may sit before beat rebuilds it from the database.
+# Channel tasks retry with exponential backoff and jitter, then flag the order or refund for ops.
+TASK_RETRY_BACKOFF_S = env.int("TASK_RETRY_BACKOFF_S", default=2)
+TASK_RETRY_BACKOFF_MAX_S = env.int("TASK_RETRY_BACKOFF_MAX_S", default=300)
+TASK_MAX_RETRIES = env.int("TASK_MAX_RETRIES", default=8)
+# Sweeps: how long work may sit before beat rebuilds it from the database. The created-order threshold is
+# longer than TASK_RETRY_BACKOFF_MAX_S, so that the sweep does not undercut a charge's own backoff.
 SWEEP_CREATED_AFTER_S = env.int("SWEEP_CREATED_AFTER_S", default=600)
 SWEEP_PENDING_QUERY_AFTER_S = env.int("SWEEP_PENDING_QUERY_AFTER_S", default=120)
 SWEEP_REFUND_AFTER_S = env.int("SWEEP_REFUND_AFTER_S", default=60)
+SWEEP_NOTIFICATION_AFTER_S = env.int("SWEEP_NOTIFICATION_AFTER_S", default=30)
 SWEEP_INTERVAL_S = env.int("SWEEP_INTERVAL_S", default=30)
 
 # Channels
@@ -222,7 +228,3 @@ WORKER_METRICS_ADDR = env.str("WORKER_METRICS_ADDR", default="127.0.0.1")
 # in a row, and let a trial call through after the cool-down.
 CHANNEL_BREAKER_THRESHOLD = env.int("CHANNEL_BREAKER_THRESHOLD", default=5)
 CHANNEL_BREAKER_COOLDOWN_S = env.float("CHANNEL_BREAKER_COOLDOWN_S", default=30.0)
-SWEEP_NOTIFICATION_AFTER_S = env.int("SWEEP_NOTIFICATION_AFTER_S", default=30)
-TASK_RETRY_BACKOFF_S = env.int("TASK_RETRY_BACKOFF_S", default=2)
-TASK_RETRY_BACKOFF_MAX_S = env.int("TASK_RETRY_BACKOFF_MAX_S", default=300)
-TASK_MAX_RETRIES = env.int("TASK_MAX_RETRIES", default=8)
