@@ -57,7 +57,8 @@ beat_schedule = {
     "purge-idempotency-records": {"task": "payments.tasks.purge_idempotency_records", "schedule": 3600},
 }
 
-# Enqueueing happens after commit, in the request: if the broker is down, give up quickly (the sweeps
-# re-enqueue from the database) instead of holding the merchant's request for long.
+# Publishing happens in the outbox dispatcher (payments/outbox.py) and the sweeps, never in a request: if
+# the broker is down, give up quickly (the sweeps re-enqueue from the database) so that the dispatcher keeps
+# draining PostgreSQL's notification queue.
 task_publish_retry_policy = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
 broker_connection_timeout = 2

@@ -1,10 +1,16 @@
 """Idempotency-Key records: one answer per (merchant, key), kept for at least 24 hours.
 
-While a request with a key runs, it holds a PostgreSQL advisory lock on that key (session-level, so it
-can be held across a channel call, outside any transaction). A concurrent request with the same key fails
-to take the lock and is told the key is in flight; one that comes after finds the stored answer. The lock
-dies with its connection, so a process that crashes mid-request leaves no stale claim behind.
-(Session advisory locks need a session-pooled or direct connection, not a transaction-mode pooler.)
+Two ways to make sure a key's request runs once:
+
+- A request that only writes to the database stores its answer with its own rows, in the same transaction
+  (``Claim``). The unique constraint on (merchant, key) decides: a concurrent request with the same key
+  waits on the index until the first commits, then fails and replays the stored answer. Nothing is read
+  before the work, so a new key costs no extra round trip.
+- A request that calls a channel cannot hold a transaction, so it holds a PostgreSQL advisory lock on the
+  key instead (session-level, so it can be held across the call). A concurrent request fails to take the
+  lock and is told the key is in flight; one that comes after finds the stored answer. The lock dies with
+  its connection, so a process that crashes mid-request leaves no stale claim behind. (Session advisory
+  locks need a session-pooled or direct connection, not a transaction-mode pooler.)
 """
 
 from __future__ import annotations
@@ -16,9 +22,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, connection
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.utils import timezone
 
+from payments import db
 from payments.models import IdempotencyRecord, Merchant
 
 
@@ -28,6 +35,13 @@ class KeyReused(Exception):
 
 class KeyInFlight(Exception):
     pass
+
+
+class KeyAnswered(Exception):
+    """Storing an answer found one already there (or one being committed): replay that one instead."""
+
+
+KEY_CONSTRAINT = "idempotency_merchant_key_uniq"
 
 
 @dataclass(frozen=True)
@@ -67,11 +81,46 @@ def idempotency_lookup(*, merchant: Merchant, key: str, fingerprint: str) -> Rep
     return Replay(record.response_status, record.response_body)
 
 
-def idempotency_save(*, merchant: Merchant, key: str, fingerprint: str, status: int, body: Any) -> None:
-    IdempotencyRecord.objects.create(
+@dataclass
+class Claim:
+    """A request's Idempotency-Key, for a service that stores the request's answer with its own rows."""
+
+    merchant: Merchant
+    key: str
+    fingerprint: str
+    record: IdempotencyRecord | None = None
+
+    def answer(self, status: int, body: Any) -> IdempotencyRecord:
+        """The row that stores ``status`` and ``body`` as the key's answer; the caller writes it."""
+        self.record = _record(merchant=self.merchant, key=self.key, fingerprint=self.fingerprint, status=status,
+                              body=body)
+        return self.record
+
+    @property
+    def answered(self) -> bool:
+        return self.record is not None and self.record.pk is not None
+
+
+def is_key_conflict(exc: IntegrityError) -> bool:
+    return db.violated_constraint(exc) == KEY_CONSTRAINT
+
+
+def _record(*, merchant: Merchant, key: str, fingerprint: str, status: int, body: Any) -> IdempotencyRecord:
+    return IdempotencyRecord(
         merchant=merchant, key=key, fingerprint=fingerprint, response_status=status, response_body=body,
         expires_at=timezone.now() + dt.timedelta(seconds=settings.IDEMPOTENCY_TTL_S),
     )
+
+
+def idempotency_save(*, merchant: Merchant, key: str, fingerprint: str, status: int, body: Any) -> None:
+    """Store the key's answer, or raise ``KeyAnswered`` if it has one."""
+    try:
+        with transaction.atomic():  # inside a caller's transaction, a savepoint: a conflict must not abort it
+            _record(merchant=merchant, key=key, fingerprint=fingerprint, status=status, body=body).save()
+    except IntegrityError as exc:
+        if is_key_conflict(exc):
+            raise KeyAnswered() from None
+        raise
 
 
 def idempotency_purge(*, now: dt.datetime) -> int:

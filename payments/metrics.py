@@ -1,9 +1,9 @@
 """Prometheus metrics of the payment engine.
 
-Counters are recorded where things happen (services, task signals) in whichever process does them; every
-process of a host writes them to the shared multiprocess directory and ``/metrics`` adds them up. Gauges of
-state (open orders, the oldest pending order, queue depth, database connections) are read at scrape time by
-``StateCollector``, so that no request pays for them.
+Counters are recorded where things happen (services, task signals, the outbox dispatcher) in whichever
+process does them; every process of a host writes them to the shared multiprocess directory and ``/metrics``
+adds them up. Gauges of state (open orders, the oldest pending order, queue depth, database connections, the
+active outbox dispatcher) are read at scrape time by ``StateCollector``, so that no request pays for them.
 
 Metrics named here for work not built yet, so that the alert rules (docker/prometheus/alerts.yml) and that
 work agree on them:
@@ -40,6 +40,12 @@ TASK_RETRIES = Counter("payments_task_retries", "Task retries scheduled, by task
 TASK_EXHAUSTED = Counter(
     "payments_task_exhausted", "Tasks that gave up (retries exhausted or an error not retried).", ["task", "reason"]
 )
+OUTBOX_PUBLISHES = Counter(
+    "payments_outbox_publishes",
+    "Tasks the outbox dispatcher handed to the broker, by task and result: sent, failed (the sweeps enqueue "
+    "them again), ignored (a malformed notification).",
+    ["task", "result"],
+)
 WEBHOOK_DELIVERIES = Counter(
     "payments_webhook_deliveries", "Merchant webhook delivery attempts by outcome: delivered, retrying, failed.",
     ["outcome"],
@@ -52,10 +58,10 @@ _PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
 
 
 class StateCollector(Collector):
-    """Gauges read at scrape time: three small queries on indexed open states and one Redis round trip."""
+    """Gauges read at scrape time: small queries on indexed open states and catalogs, one Redis round trip."""
 
     def collect(self) -> Iterator[Metric]:
-        for read in (self._orders, self._refunds, self._queues, self._database):
+        for read in (self._orders, self._refunds, self._queues, self._database, self._outbox):
             try:
                 yield from read()
             except Exception as exc:  # a scrape must answer even with Redis or Postgres down
@@ -125,6 +131,15 @@ class StateCollector(Collector):
             in_use, maximum = cursor.fetchone()
         yield GaugeMetricFamily("payments_db_connections", "Connections open to our database.", value=in_use)
         yield GaugeMetricFamily("payments_db_connections_max", "The server's max_connections.", value=maximum)
+
+    def _outbox(self) -> Iterator[Metric]:
+        from payments import outbox
+
+        yield GaugeMetricFamily(
+            "payments_outbox_dispatchers_active",
+            "Outbox dispatchers publishing tasks (1; 0 and new work waits for the sweeps).",
+            value=outbox.active_dispatchers(),
+        )
 
 
 @cache

@@ -34,7 +34,8 @@ from channels.base import (
     notification_to_dict,
 )
 from channels.registry import get_channel
-from payments import metrics, tasks
+from payments import db, metrics, outbox, tasks
+from payments.idempotency import Claim, KeyAnswered, is_key_conflict
 from payments.models import (
     OPEN_ORDER_STATES,
     ApiKey,
@@ -132,10 +133,10 @@ def _bind_order(order: Order) -> None:
     bind(order_id=order.public_id, channel=order.channel, merchant_id=_merchant_public_id(order.merchant_id))
 
 
-def _log_created(obj: Order | Refund, source: str) -> None:
-    kind = "order" if isinstance(obj, Order) else "refund"
-    TransitionLog.objects.create(
-        object_type=kind,
+def _creation_log(obj: Order | Refund, source: str) -> TransitionLog:
+    """The log row of a new order or refund: created is the state it enters, from none."""
+    return TransitionLog(
+        object_type="order" if isinstance(obj, Order) else "refund",
         object_id=obj.public_id,
         transition="create",
         from_state="",
@@ -143,13 +144,24 @@ def _log_created(obj: Order | Refund, source: str) -> None:
         source=source,
         trace_id=current_trace_id(),
     )
+
+
+def _log_line_created(obj: Order | Refund, source: str) -> None:
+    kind = "order" if isinstance(obj, Order) else "refund"
     log.info("%s %s created", kind, obj.public_id, extra={"transition": "create", "source": source, "key_path": True})
 
 
+def _log_created(obj: Order | Refund, source: str) -> None:
+    _creation_log(obj, source).save()
+    _log_line_created(obj, source)
+
+
 def _enqueue_on_commit(task: Any, object_id: int) -> None:
-    """Enqueue once the row is committed. If the broker is down the row is still safe: the caller gets
-    its answer, and a beat sweep enqueues the work again from the database (``robust`` logs, not raises)."""
-    transaction.on_commit(lambda: task.delay(object_id), robust=True)
+    """Enqueue ``task(object_id)`` once the current transaction commits (never if it rolls back).
+
+    PostgreSQL holds the outbox's notification until COMMIT and the dispatcher publishes it: the caller
+    never waits on the broker, and if the broker is down a beat sweep enqueues the work from the row."""
+    outbox.enqueue(task.name.rsplit(".", 1)[-1], object_id)
 
 
 def _locked_order(order_id: int) -> Order:
@@ -202,11 +214,17 @@ def order_create(
     notify_url: str = "",
     expires_in: int = 900,
     metadata: Mapping[str, str] | None = None,
+    idempotency_key: Claim | None = None,
 ) -> tuple[Order, bool]:
     """Store a new order and enqueue its charge. Returns (order, created).
 
     ``merchant_order_no`` is unique per merchant in the database: a repeat with the same parameters returns
-    the existing order; with different ones it raises ``DuplicateError``.
+    the existing order; with different ones it raises ``DuplicateError``. With ``idempotency_key``, its
+    answer (201 and the order, as the API gives it) is stored with the order, and ``KeyAnswered`` means the
+    key already has one.
+
+    This is the API's hot path: the order, its log row, the stored answer and the charge's notification to
+    the outbox are one statement, one round trip to the database (``payments.db``).
     """
     fields = {
         "amount": amount,
@@ -217,24 +235,32 @@ def order_create(
         "metadata": dict(metadata or {}),
         "expires_in": expires_in,
     }
+    order = Order(
+        merchant=merchant,
+        merchant_order_no=merchant_order_no,
+        expires_at=timezone.now() + dt.timedelta(seconds=expires_in),
+        trace_id=current_trace_id(),
+        **fields,
+    )
+    rows = db.Insert()
+    rows.add(order)
+    rows.add(_creation_log(order, Source.API))
+    if idempotency_key is not None:
+        rows.add(idempotency_key.answer(201, order_json(order)))
     try:
-        with transaction.atomic():
-            order = Order.objects.create(
-                merchant=merchant,
-                merchant_order_no=merchant_order_no,
-                expires_at=timezone.now() + dt.timedelta(seconds=expires_in),
-                trace_id=current_trace_id(),
-                **fields,
-            )
-            bind(order_id=order.public_id, channel=channel)
-            _log_created(order, Source.API)
-            _count_on_commit(order)
-            _enqueue_on_commit(tasks.charge_order, order.pk)
-    except IntegrityError:
+        rows.run(notify_task="charge_order")
+    except IntegrityError as exc:
+        if is_key_conflict(exc):
+            raise KeyAnswered() from None
+        if db.violated_constraint(exc) != "order_merchant_order_no_uniq":
+            raise
         existing = Order.objects.get(merchant=merchant, merchant_order_no=merchant_order_no)
         if any(getattr(existing, name) != value for name, value in fields.items()):
             raise DuplicateError("duplicate_merchant_order_no") from None
         return existing, False
+    bind(order_id=order.public_id, channel=channel)
+    _log_line_created(order, Source.API)
+    metrics.ORDERS.labels(channel=channel, status=order.status).inc()
     return order, True
 
 
@@ -443,13 +469,26 @@ def channel_notify_url(channel: str) -> str:
 
 
 def refund_request(
-    *, order_id: int, merchant_refund_no: str, amount: int, reason: str = ""
+    *, order_id: int, merchant_refund_no: str, amount: int, reason: str = "", idempotency_key: Claim | None = None
 ) -> tuple[Refund, bool]:
     """Accept a refund of a paid order and enqueue it. Returns (refund, created).
 
     The order row is locked while the refunds are summed, so concurrent requests are serialised and the
-    refunds that are not failed never add up to more than was paid.
+    refunds that are not failed never add up to more than was paid. With ``idempotency_key``, its answer
+    (201 and the refund) commits with the refund, and ``KeyAnswered`` means the key already has one.
     """
+    try:
+        return _refund_request(order_id=order_id, merchant_refund_no=merchant_refund_no, amount=amount,
+                               reason=reason, idempotency_key=idempotency_key)
+    except IntegrityError as exc:
+        if is_key_conflict(exc):
+            raise KeyAnswered() from None
+        raise
+
+
+def _refund_request(
+    *, order_id: int, merchant_refund_no: str, amount: int, reason: str, idempotency_key: Claim | None
+) -> tuple[Refund, bool]:
     with transaction.atomic():
         order = _locked_order(order_id)
         bind(order_id=order.public_id, channel=order.channel)
@@ -475,6 +514,8 @@ def refund_request(
         )
         bind(refund_id=refund.public_id)
         _log_created(refund, Source.API)
+        if idempotency_key is not None:
+            idempotency_key.answer(201, refund_json(refund)).save()
         _count_on_commit(refund)
         _enqueue_on_commit(tasks.refund_order, refund.pk)
     return refund, True

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from payments.models import Order
+from django.utils import timezone
+
+from payments.models import IdempotencyRecord, Order, TransitionLog
 from tests.concurrency import run_together
 
 ORDERS = "/api/v1/orders"
@@ -40,6 +42,34 @@ def test_the_same_key_with_another_body_is_409(client_a, assert_api_error) -> No
     response = post(client_a, {**BODY, "amount": 1051})
     assert_api_error(response, 409, "idempotency_error", "idempotency_key_reused")
     assert list(Order.objects.values_list("amount", flat=True)) == [1050]
+
+
+def test_the_same_key_for_a_new_order_is_409_and_writes_nothing(client_a, assert_api_error) -> None:
+    # The order, its log row and the key's answer are one statement: the key's conflict undoes the order.
+    post(client_a)
+    response = post(client_a, {**BODY, "merchant_order_no": "A-1002"})
+    assert_api_error(response, 409, "idempotency_error", "idempotency_key_reused")
+    assert list(Order.objects.values_list("merchant_order_no", flat=True)) == ["A-1001"]
+    assert not TransitionLog.objects.filter(object_type="order").exclude(
+        object_id__in=Order.objects.values("public_id")).exists()
+
+
+def test_a_new_key_for_an_existing_order_stores_the_existing_order_as_its_answer(client_a) -> None:
+    first = post(client_a)
+    second = post(client_a, key="key-2")
+    again = post(client_a, key="key-2")
+    assert (first.status_code, second.status_code, again.status_code) == (201, 200, 200)
+    assert second.json() == again.json() == first.json()
+    assert again["Idempotent-Replayed"] == "true" and "Idempotent-Replayed" not in second
+
+
+def test_an_expired_answer_is_not_replayed(client_a, merchant_a) -> None:
+    first = post(client_a)
+    IdempotencyRecord.objects.filter(merchant=merchant_a.merchant).update(expires_at=timezone.now())
+    again = post(client_a)  # the order exists: the request runs again and finds it
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert "Idempotent-Replayed" not in again and again.json()["id"] == first.json()["id"]
+    assert IdempotencyRecord.objects.get(merchant=merchant_a.merchant).response_status == 200
 
 
 def test_the_same_key_on_another_path_is_409(client_a, assert_api_error) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import json
@@ -10,13 +9,13 @@ from collections.abc import Callable
 from typing import Any
 
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
-from django.db import transaction
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from payments import idempotency, selectors, services
+from payments.idempotency import Claim
 from payments.api.errors import ApiError, exception_handler, invalid, not_found
 from payments.api.fields import (
     AmountField,
@@ -43,39 +42,72 @@ def _fingerprint(request: Request) -> str:
 def idempotent(*, atomic: bool) -> Callable[[Callable[..., Response]], Callable[..., Response]]:
     """Run a POST at most once per ``Idempotency-Key``; repeats get the stored answer (API.md).
 
-    ``atomic``: the view only writes to the database, so its writes and the stored answer commit together in
-    one transaction (a crash leaves neither). Views that call a channel must not hold a transaction: their
-    answer is stored after they return, and one lost to a crash only means the (idempotent) call runs again.
+    ``atomic``: the view only writes to the database. It gets the key as ``idempotency_key`` (a ``Claim``, or
+    None without a key) and its service stores the answer with its own rows, in one transaction: a crash
+    leaves neither, and the key's unique constraint makes a concurrent repeat wait, then replay. Answers the
+    service did not store (errors, an existing object) are stored after the view returns.
+    Otherwise the view calls a channel and must not hold a transaction: the key is locked while it runs, and
+    its answer is stored after it returns; one lost to a crash only means the (idempotent) call runs again.
     """
 
     def decorate(view: Callable[..., Response]) -> Callable[..., Response]:
+        def run(self: APIView, request: Request, *args: Any, **kwargs: Any) -> Response:
+            try:
+                return view(self, request, *args, **kwargs)
+            except idempotency.KeyAnswered:
+                raise
+            except Exception as exc:  # an error's answer is stored too, like any other answer
+                return exception_handler(exc, {"view": self, "request": request})
+
+        def replay(request: Request, key: str, fingerprint: str) -> Response | None:
+            stored = idempotency.idempotency_lookup(merchant=request.user, key=key, fingerprint=fingerprint)
+            if stored is None:
+                return None
+            return Response(stored.body, status=stored.status, headers={"Idempotent-Replayed": "true"})
+
+        def store(request: Request, key: str, fingerprint: str, response: Response) -> None:
+            # A 5xx is our failure, not an answer: keep nothing, so that a retry runs again.
+            if response.status_code < 500:
+                idempotency.idempotency_save(merchant=request.user, key=key, fingerprint=fingerprint,
+                                             status=response.status_code, body=response.data)
+
+        def run_atomic(self: APIView, request: Request, key: str, fingerprint: str, *args: Any,
+                       **kwargs: Any) -> Response:
+            for _ in range(2):  # a second time only if the stored answer had expired (and is now deleted)
+                claim = idempotency.Claim(merchant=request.user, key=key, fingerprint=fingerprint)
+                try:
+                    response = run(self, request, *args, idempotency_key=claim, **kwargs)
+                    if not claim.answered:
+                        store(request, key, fingerprint, response)
+                    return response
+                except idempotency.KeyAnswered:
+                    answer = replay(request, key, fingerprint)
+                    if answer is not None:
+                        return answer
+            raise ApiError(409, "idempotency_error", "idempotency_key_in_flight",
+                           "a request with this Idempotency-Key is still being processed")
+
+        def run_locked(self: APIView, request: Request, key: str, fingerprint: str, *args: Any,
+                       **kwargs: Any) -> Response:
+            with idempotency.idempotency_key_lock(merchant=request.user, key=key):
+                answer = replay(request, key, fingerprint)
+                if answer is not None:
+                    return answer
+                response = run(self, request, *args, **kwargs)
+                store(request, key, fingerprint, response)
+                return response
+
         @functools.wraps(view)
         def wrapper(self: APIView, request: Request, *args: Any, **kwargs: Any) -> Response:
             key = request.headers.get("Idempotency-Key")
             if key is None:
-                return view(self, request, *args, **kwargs)
+                return view(self, request, *args, **({"idempotency_key": None} if atomic else {}), **kwargs)
             if not 1 <= len(key) <= IDEMPOTENCY_KEY_MAX or not key.isprintable():
                 raise invalid("idempotency_key_invalid", "Idempotency-Key must be 1-255 printable characters",
                               "Idempotency-Key")
             fingerprint = _fingerprint(request)
             try:
-                with idempotency.idempotency_key_lock(merchant=request.user, key=key):
-                    replay = idempotency.idempotency_lookup(merchant=request.user, key=key, fingerprint=fingerprint)
-                    if replay is not None:
-                        return Response(replay.body, status=replay.status, headers={"Idempotent-Replayed": "true"})
-                    with transaction.atomic() if atomic else contextlib.nullcontext():
-                        try:
-                            response = view(self, request, *args, **kwargs)
-                        except Exception as exc:  # an error's answer is stored too, like any other answer
-                            response = exception_handler(exc, {"view": self, "request": request})
-                        if response.status_code >= 500:
-                            # Our failure, not an answer: keep nothing, so that a retry runs again.
-                            if atomic:
-                                transaction.set_rollback(True)
-                        else:
-                            idempotency.idempotency_save(merchant=request.user, key=key, fingerprint=fingerprint,
-                                                         status=response.status_code, body=response.data)
-                    return response
+                return (run_atomic if atomic else run_locked)(self, request, key, fingerprint, *args, **kwargs)
             except idempotency.KeyReused:
                 raise ApiError(409, "idempotency_error", "idempotency_key_reused",
                                "this Idempotency-Key was used with a different request") from None
@@ -142,11 +174,12 @@ class OrdersView(APIView):
 
     @extend_schema(request=InputSerializer, responses={201: ORDER_SCHEMA, 200: ORDER_SCHEMA})
     @idempotent(atomic=True)
-    def post(self, request: Request) -> Response:
+    def post(self, request: Request, idempotency_key: Claim | None) -> Response:
         data = self.InputSerializer(data=request.data, context={"merchant": request.user})
         data.is_valid(raise_exception=True)
         try:
-            order, created = services.order_create(merchant=request.user, **data.validated_data)
+            order, created = services.order_create(merchant=request.user, idempotency_key=idempotency_key,
+                                                   **data.validated_data)
         except services.DuplicateError:
             raise ApiError(409, "invalid_request_error", "duplicate_merchant_order_no",
                            "merchant_order_no was already used with different parameters",
@@ -202,12 +235,13 @@ class OrderRefundsView(APIView):
 
     @extend_schema(request=InputSerializer, responses={201: REFUND_SCHEMA, 200: REFUND_SCHEMA})
     @idempotent(atomic=True)
-    def post(self, request: Request, order_id: str) -> Response:
+    def post(self, request: Request, order_id: str, idempotency_key: Claim | None) -> Response:
         order = _order_of(request, order_id)
         data = self.InputSerializer(data=request.data, context={"merchant": request.user})
         data.is_valid(raise_exception=True)
         try:
-            refund, created = services.refund_request(order_id=order.pk, **data.validated_data)
+            refund, created = services.refund_request(order_id=order.pk, idempotency_key=idempotency_key,
+                                                      **data.validated_data)
         except services.DuplicateError:
             raise ApiError(409, "invalid_request_error", "duplicate_merchant_refund_no",
                            "merchant_refund_no was already used with different parameters",

@@ -1,8 +1,8 @@
-"""Real processes for the end-to-end tests: the sandbox simulator and a Celery worker.
+"""Real processes for the end-to-end tests: the sandbox simulator, a Celery worker and the outbox dispatcher.
 
-The worker is a separate process that reads the test database and the test Redis, exactly as in
-production; the simulator is the channel. Only the test's own process (the API and the callback endpoint,
-served by pytest-django's live server) shares memory with the test.
+The worker and the dispatcher are separate processes that use the test database and the test Redis,
+exactly as in production; the simulator is the channel. Only the test's own process (the API and the
+callback endpoint, served by pytest-django's live server) shares memory with the test.
 """
 
 from __future__ import annotations
@@ -135,18 +135,40 @@ def sandbox_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simulator]
 OTHER_SIMULATORS = ("alipay_sim", "wechatpay_sim")
 
 
+def database_url() -> str:
+    """``DATABASE_URL`` of the test database, for the processes the tests start."""
+    db = settings.DATABASES["default"]
+    return f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+def start_dispatcher(env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """Start ``manage.py run_dispatcher`` with ``env``; wait until it LISTENs (its log says so)."""
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "run_dispatcher"], cwd=ROOT, env={**env, "SERVICE": "dispatcher"},
+        stdout=log_path.open("w"), stderr=subprocess.STDOUT,
+    )
+
+    def listening() -> bool:
+        if proc.poll() is not None:
+            pytest.fail(f"the dispatcher exited at start; see {log_path}")
+        return "listening on payments_tasks" in log_path.read_text()
+
+    wait_until(listening, timeout_s=30, what=f"the outbox dispatcher (standby? see {log_path})")
+    return proc
+
+
 @pytest.fixture(scope="package")
 def worker(
     request: pytest.FixtureRequest, django_db_setup, live_server, sandbox_sim: Simulator,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Path]:
-    """A real Celery worker process on the test database and the test Redis."""
+    """A real Celery worker process on the test database and the test Redis, and the outbox dispatcher
+    that publishes the tasks the test process enqueues."""
     redis.Redis.from_url(settings.REDIS_URL).flushdb()
-    db = settings.DATABASES["default"]
     log_path = tmp_path_factory.mktemp("worker") / "worker.log"
     env = {
         **os.environ,
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
+        "DATABASE_URL": database_url(),
         "REDIS_URL": settings.REDIS_URL,
         **sandbox_sim.worker_env,
         "PUBLIC_BASE_URL": live_server.url,
@@ -177,7 +199,13 @@ def worker(
         return bool(celery_app.control.ping(destination=[WORKER_NAME], timeout=0.5))
 
     wait_until(ready, timeout_s=30, what="the Celery worker")
+    try:
+        dispatcher = start_dispatcher(env, log_path.with_name("dispatcher.log"))
+    except BaseException:
+        _stop(proc)
+        raise
     yield log_path
+    _stop(dispatcher)
     _stop(proc)
 
 

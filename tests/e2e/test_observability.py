@@ -155,4 +155,5 @@ def test_metrics_show_the_payment_from_web_and_worker(e2e: Simulator, live_serve
     # State read at scrape time.
     assert 'payments_queue_depth{queue="charges"}' in after
     assert metric(after, "payments_db_connections") >= 1
+    assert metric(after, "payments_outbox_dispatchers_active") == 1
     assert metric(after, "payments_db_connections_max") >= metric(after, "payments_db_connections")

@@ -1,4 +1,5 @@
-"""One payment through every real part: API → Redis → worker → sandbox simulator → callback → worker."""
+"""One payment through every real part: API → outbox dispatcher → Redis → worker → sandbox simulator →
+callback → worker."""
 
 from __future__ import annotations
 
@@ -190,10 +191,13 @@ def test_broker_losing_everything_loses_no_order(e2e: Simulator, settings) -> No
     from tests.e2e.conftest import WORKER_NAME
 
     client = make_actor("E2E merchant").client()
+    broker = redis.Redis.from_url(settings.REDIS_URL)
     app.control.cancel_consumer("charges", destination=[WORKER_NAME], reply=True)
     try:
         order_id = create_order(client)["id"]
-        redis.Redis.from_url(settings.REDIS_URL).flushdb()  # the charge message is gone
+        # The dispatcher publishes after the commit, on its own time: wait for the message, then lose it.
+        wait_until(lambda: broker.llen("charges"), what="the charge message in the broker")
+        broker.flushdb()  # the charge message is gone
     finally:
         app.control.add_consumer("charges", destination=[WORKER_NAME], reply=True)
     assert Order.objects.get(public_id=order_id).status == "created"
