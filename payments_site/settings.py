@@ -77,6 +77,10 @@ DATABASES = {"default": env.db("DATABASE_URL", default="postgres://postgres@127.
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# Django turns psycopg's prepared statements off (prepare_threshold None) and its own cursors never use them.
+# Turned on, they apply only where we ask, with a server-binding cursor: the order-create statement
+# (payments.db), prepared once per connection, which halves what it costs PostgreSQL.
+DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = 5
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
@@ -116,6 +120,10 @@ SPECTACULAR_SETTINGS = {
 DEFAULT_PER_ORDER_LIMIT = env.int("DEFAULT_PER_ORDER_LIMIT", default=100_000_000)
 DEFAULT_RATE_LIMIT_PER_S = env.int("DEFAULT_RATE_LIMIT_PER_S", default=100)
 IDEMPOTENCY_TTL_S = env.int("IDEMPOTENCY_TTL_S", default=24 * 3600)
+# How long a web process trusts a key it has read: a revoked key is refused everywhere within this time.
+API_KEY_CACHE_TTL_S = env.float("API_KEY_CACHE_TTL_S", default=5.0)
+# A web process reserves a merchant's rate-limit tokens in Redis this many leases per window (payments.api.auth).
+RATE_LIMIT_LEASES_PER_S = env.int("RATE_LIMIT_LEASES_PER_S", default=50)
 # Channel tasks retry with exponential backoff and jitter, then flag the order or refund for ops.
 TASK_RETRY_BACKOFF_S = env.int("TASK_RETRY_BACKOFF_S", default=2)
 TASK_RETRY_BACKOFF_MAX_S = env.int("TASK_RETRY_BACKOFF_MAX_S", default=300)

@@ -25,6 +25,14 @@ def make_actor(name: str) -> Actor:
     return Actor(merchant, key)
 
 
+@pytest.fixture(autouse=True)
+def _no_known_keys() -> None:
+    """Each test starts with no key cached by the web side (rows of earlier tests are rolled back)."""
+    from payments.api.auth import forget_keys
+
+    forget_keys()
+
+
 @pytest.fixture
 def merchant_a(db) -> Actor:
     return make_actor("Merchant A")

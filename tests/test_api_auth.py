@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from payments import services
@@ -41,6 +44,30 @@ def test_a_revoked_key_is_401_and_the_new_one_works(merchant_a, assert_api_error
     new_key = services.api_key_rotate(merchant=merchant_a.merchant)
     assert_api_error(merchant_a.client().get(ORDERS), 401, "authentication_error", "authentication_failed")
     assert with_header(f"Bearer {new_key}").get(ORDERS).status_code == 200
+
+
+def test_a_key_revoked_elsewhere_is_refused_once_the_cache_ttl_has_passed(merchant_a, settings,
+                                                                            assert_api_error) -> None:
+    # Another process revokes the key: this one only learns of it when its cached read expires.
+    settings.API_KEY_CACHE_TTL_S = 0.3
+    client = merchant_a.client()
+    assert client.get(ORDERS).status_code == 200
+    merchant_a.merchant.api_keys.update(revoked_at=timezone.now())
+    revoked = time.monotonic()
+    while client.get(ORDERS).status_code == 200:
+        assert time.monotonic() - revoked < 5, "a revoked key kept working past the cache TTL"
+        time.sleep(0.02)
+    assert_api_error(client.get(ORDERS), 401, "authentication_error", "authentication_failed")
+    assert time.monotonic() - revoked >= 0.1  # trusted for the TTL, not read on every request
+
+
+def test_a_deactivated_merchant_is_refused_once_the_cache_ttl_has_passed(merchant_a, settings,
+                                                                         assert_api_error) -> None:
+    settings.API_KEY_CACHE_TTL_S = 0
+    client = merchant_a.client()
+    assert client.get(ORDERS).status_code == 200
+    type(merchant_a.merchant).objects.filter(pk=merchant_a.merchant.pk).update(is_active=False)
+    assert_api_error(client.get(ORDERS), 401, "authentication_error", "authentication_failed")
 
 
 def test_an_unauthenticated_post_creates_nothing(outsider, merchant_a, assert_api_error) -> None:
@@ -103,3 +130,21 @@ def test_over_the_rate_limit_is_429(merchant_a, client_a, client_b, assert_api_e
     assert_api_error(limited[0], 429, "rate_limit_error", "rate_limited")
     assert int(limited[0]["Retry-After"]) >= 1
     assert client_b.get(ORDERS).status_code == 200  # the limit is per merchant
+
+
+def test_a_high_limit_is_counted_in_leases_and_never_exceeded(merchant_a, client_a, settings, monkeypatch,
+                                                              assert_api_error) -> None:
+    from payments.api import auth
+
+    monkeypatch.setattr(auth, "_window", lambda: 1_000_000_000)  # one window for the whole test
+    settings.RATE_LIMIT_LEASES_PER_S = 2  # leases of 10 for a limit of 20
+    merchant_a.merchant.rate_limit_per_s = 20
+    merchant_a.merchant.save()
+    counter = f"ratelimit:{merchant_a.merchant.pk}:1000000000"
+    auth._redis().delete(counter)
+
+    answers = [client_a.get(ORDERS).status_code for _ in range(20)]
+    assert answers == [200] * 20
+    assert int(auth._redis().get(counter)) == 20  # two round trips to Redis, not twenty
+    assert_api_error(client_a.get(ORDERS), 429, "rate_limit_error", "rate_limited")
+    auth._redis().delete(counter)
