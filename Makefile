@@ -10,7 +10,7 @@ export REDIS_URL ?= redis://127.0.0.1:6379/0
 export PUBLIC_BASE_URL ?= http://127.0.0.1:$(PORT)
 export WEB_PORT := $(PORT)
 
-.PHONY: run test check-alerts demo bench-api venv db migrate clean
+.PHONY: run test check-alerts demo bench-api bench-api-ladder venv db migrate clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -61,6 +61,10 @@ check-alerts:
 
 bench-api: migrate
 	DEBUG=0 SECRET_KEY=bench-only-secret-key $(PY) bench/api_create.py
+
+# The same, plus what each part of a create costs (bench/baseline_urls.py).
+bench-api-ladder: migrate
+	BENCH_LADDER=1 DEBUG=0 SECRET_KEY=bench-only-secret-key $(PY) bench/api_create.py
 
 clean:
 	rm -rf $(VENV) .dev .pytest_cache

@@ -6,6 +6,9 @@ thread pool of keep-alive http.client connections drives them in alternating rou
 falls on both. Knobs (environment): BENCH_WORKERS, BENCH_THREADS, BENCH_CONCURRENCY, BENCH_SECONDS (per
 side), BENCH_ROUNDS, BENCH_WARMUP_S, BENCH_MAX_REQUESTS (per side). Prints key=value lines; always exits 0
 once it has measured: it is a measurement, not a test.
+
+BENCH_LADDER=1 (``make bench-api-ladder``) also measures the rungs between the two in bench/baseline_urls.py
+(authentication and rate limit, validation, the service's writes) and prints each one's ratio to the baseline.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ SECONDS = float(os.environ.get("BENCH_SECONDS", 15))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", 3))
 WARMUP_S = float(os.environ.get("BENCH_WARMUP_S", 3))
 MAX_REQUESTS = int(os.environ.get("BENCH_MAX_REQUESTS", 100_000))
+LADDER = os.environ.get("BENCH_LADDER") == "1"
+RUNGS = {"1": "auth_and_rate_limit", "2": "validation", "3": "service_create_without_key"}
 TARGET_RATIO = 0.75
 REDIS_URL = urlsplit(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))._replace(path="/14").geturl()
 RUN_ID = f"bench-{int(time.time())}-{os.getpid()}"
@@ -192,13 +197,16 @@ def main() -> None:
         proc, port = start_gunicorn("bench.baseline_site", log_file)
         procs.append(proc)
         baseline = Target("baseline", proc, port, "/bench/insert", secret_key)
-        for target in (create, baseline):
+        rungs = [Target(name, proc, port, f"/bench/ladder/{rung}", secret_key) for rung, name in RUNGS.items()
+                 ] if LADDER else []
+        for target in (create, baseline, *rungs):
             wait_ready(target)
             load(target, WARMUP_S, MAX_REQUESTS, record=False)
         print(f"bench: gunicorn gthread workers={WORKERS} threads={THREADS}, {CONCURRENCY} keep-alive connections,"
               f" {ROUNDS} alternating rounds, {SECONDS:g} s or {MAX_REQUESTS} requests per side", flush=True)
         for round_no in range(ROUNDS):
-            for target in (create, baseline) if round_no % 2 == 0 else (baseline, create):
+            sides = (create, baseline, *rungs)
+            for target in sides if round_no % 2 == 0 else reversed(sides):
                 load(target, SECONDS / ROUNDS, MAX_REQUESTS // ROUNDS, record=True)
                 if target.proc.poll() is not None:
                     raise RuntimeError(f"gunicorn for {target.name} died")
@@ -222,7 +230,7 @@ def main() -> None:
     create_rate = create.ok / create.elapsed
     baseline_rate = baseline.ok / baseline.elapsed
     ratio = create_rate / baseline_rate if baseline_rate else float("nan")
-    for target in (create, baseline):
+    for target in (create, baseline, *rungs):
         if target.errors:
             print(f"{target.name}_errors={json.dumps(target.errors, sort_keys=True)}")
     print(f"create_orders_per_s={create_rate:.1f}")
@@ -231,6 +239,8 @@ def main() -> None:
     print(f"baseline_per_s={baseline_rate:.1f}")
     print(f"baseline_p50_ms={percentile_ms(baseline.latencies, 0.50):.2f}")
     print(f"baseline_p99_ms={percentile_ms(baseline.latencies, 0.99):.2f}")
+    for rung in rungs:
+        print(f"ladder_{rung.name}_ratio={rung.ok / rung.elapsed / baseline_rate:.3f}")
     print(f"ratio={ratio:.3f}")
     print(f"target_ratio={TARGET_RATIO}")
     print(f"target_met={'yes' if ratio >= TARGET_RATIO else 'no'}")
