@@ -6,9 +6,9 @@ PostgreSQL, each one paid in both processes. Written as one data-modifying CTE p
 statement: one round trip, and still all or nothing, since a statement is atomic. A unique violation on
 any row writes none of them, and the caller sees ``IntegrityError`` as with ``save()``.
 
-Values are prepared by each field exactly as ``save()`` does (``pre_save`` fills ``auto_now`` fields,
-``get_db_prep_save`` adapts JSON and times). A ``pg_notify`` can ride along: PostgreSQL sends it only if
-the statement commits (``payments.outbox``).
+Values are prepared by each field as ``save()`` does (``pre_save`` fills ``auto_now`` fields,
+``get_db_prep_save`` adapts JSON). A ``pg_notify`` can ride along: PostgreSQL sends it only if the statement
+commits (``payments.outbox``).
 """
 
 from __future__ import annotations

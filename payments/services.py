@@ -260,7 +260,7 @@ def order_create(
         return existing, False
     bind(order_id=order.public_id, channel=channel)
     _log_line_created(order, Source.API)
-    metrics.ORDERS.labels(channel=channel, status=order.status).inc()
+    _count_on_commit(order)
     return order, True
 
 
