@@ -154,3 +154,30 @@ def test_concurrent_refunds_never_exceed_the_amount(merchant_a, paid_order) -> N
     assert all(a.json()["error"]["code"] == "refund_exceeds_amount" for a in answers if a.status_code == 422)
     committed = order.refunds.exclude(status="failed").aggregate(total=Sum("amount"))["total"]
     assert committed == 900 and order.refunds.count() == 3
+
+
+def test_a_refund_replayed_with_its_idempotency_key_answers_the_same_refund(client_a, merchant_a, paid_order) -> None:
+    order = paid_order(merchant_a, amount=1000)
+    first = client_a.post(refunds_of(order), {"merchant_refund_no": "R-1", "amount": 500}, format="json",
+                          HTTP_IDEMPOTENCY_KEY="refund-key")
+    again = client_a.post(refunds_of(order), {"merchant_refund_no": "R-1", "amount": 500}, format="json",
+                          HTTP_IDEMPOTENCY_KEY="refund-key")
+    other = client_a.post(refunds_of(order), {"merchant_refund_no": "R-2", "amount": 100}, format="json",
+                          HTTP_IDEMPOTENCY_KEY="refund-key")
+    assert (first.status_code, again.status_code, other.status_code) == (201, 201, 409)
+    assert again.json() == first.json() and again["Idempotent-Replayed"] == "true"
+    assert other.json()["error"]["code"] == "idempotency_key_reused"
+    assert list(order.refunds.values_list("merchant_refund_no", flat=True)) == ["R-1"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_refunds_with_one_idempotency_key_make_one_refund(merchant_a, paid_order) -> None:
+    order = paid_order(merchant_a, amount=1000)
+
+    answers = run_together(10, lambda i: merchant_a.client().post(
+        refunds_of(order), {"merchant_refund_no": "R-1", "amount": 300}, format="json", HTTP_IDEMPOTENCY_KEY="k"))
+
+    refund_id = order.refunds.get().public_id  # exactly one
+    originals = [a for a in answers if a.status_code == 201 and "Idempotent-Replayed" not in a]
+    assert len(originals) == 1
+    assert all(a.status_code == 201 and a.json()["id"] == refund_id for a in answers)
