@@ -7,10 +7,11 @@ pays one statement on the connection it already holds instead of a round trip to
 (``python manage.py run_dispatcher``, one active per database) LISTENs and publishes each task to Celery.
 
 Nothing here is stored: a notification sent while no dispatcher listens (a restart, a failover) is gone,
-as is one the dispatcher cannot publish (the broker is down), and the beat sweeps in ``payments.tasks``
-enqueue the work again from the rows, as they do for a broker that restarts empty. Every task here has
-its sweep: ``sweep_created_orders`` for ``charge_order``, ``sweep_refunds`` for ``refund_order``,
-``sweep_notifications`` for ``process_notification``.
+as is one the dispatcher cannot publish (the broker is down). The rows say what is pending, so the
+dispatcher publishes it again from them when it takes over and when a broker that failed is back
+(``Dispatcher.catch_up``); behind that, the beat sweeps in ``payments.tasks`` do the same, as they do for a
+broker that restarts empty. Every task here has its sweep: ``sweep_created_orders`` for ``charge_order``,
+``sweep_refunds`` for ``refund_order``, ``sweep_notifications`` for ``process_notification``.
 
 The payload is ``"<task> <traceparent or -> <id>"``, id last so that SQL can append it to
 ``payload_prefix(task)`` from a RETURNING clause (``payments.db``). The traceparent carries the request's
@@ -109,8 +110,7 @@ class Dispatcher:
 
     One dispatcher is active per database: it holds a session advisory lock, and the others stand by and
     try the lock every ``standby_retry_s``. A standby does not LISTEN (PostgreSQL keeps the queue for every
-    listener, and one that never reads would hold it), so notifications sent during a failover are lost
-    to the sweeps, like those sent while the broker is down.
+    listener, and one that never reads would hold it); the one that takes over catches up from the rows.
     """
 
     poll_s = 1.0  # how often the loops look at ``stop``
@@ -121,6 +121,7 @@ class Dispatcher:
         self.standby_retry_s = standby_retry_s
         self.listening = threading.Event()  # set while this one is the active dispatcher
         self._broker_down_until = 0.0
+        self._missed = False  # a publish failed: catch up from the rows once the broker is back
 
     def run(self) -> None:
         backoff = 1.0
@@ -143,11 +144,12 @@ class Dispatcher:
         log.info("dispatcher stopped", extra=_ALWAYS)
 
     def catch_up(self) -> int:
-        """Publish the work whose notification may have been sent while no dispatcher listened.
+        """Publish the work whose notification may have been lost: sent while no dispatcher listened, or
+        received while the broker was down. Returns how many tasks the broker took.
 
-        Runs once listening, so nothing falls between the two: what was sent before is found in the rows,
-        what is sent after arrives as a notification (a task sent twice finds its work done). Without this,
-        a restart would leave new orders waiting for the sweep, minutes later.
+        Runs once listening (so nothing falls between the two: what was sent before is found in the rows,
+        what is sent after arrives as a notification) and again once a broker that failed is back. A task
+        sent twice finds its work done. Without this, such work would wait for the sweeps, minutes later.
         """
         from payments import selectors  # not at the top: selectors → models, loaded after Django is set up
 
@@ -163,7 +165,12 @@ class Dispatcher:
             return 0
         finally:
             connection.close()  # Django's connection of this thread: the dispatcher does not use it again
-        sent = sum(self._publish(name, object_id) for name, ids in work.items() for object_id in ids)
+        sent = 0
+        for name, ids in work.items():
+            for object_id in ids:
+                if not self._publish(name, object_id):
+                    return sent  # the broker is down again: the next catch-up starts over
+                sent += 1
         log.info("dispatcher caught up: %d tasks published from the rows", sent, extra=_ALWAYS)
         return sent
 
@@ -188,6 +195,9 @@ class Dispatcher:
                 self.dispatch(notify.payload)
                 if self.stop.is_set():
                     break
+            if self._missed and time.monotonic() >= self._broker_down_until:
+                self._missed = False  # a failed publish in catch_up() sets it again
+                self.catch_up()
 
     def dispatch(self, payload: str) -> bool:
         """Publish the task a payload names; True if the broker took it. Never raises."""
@@ -212,18 +222,20 @@ class Dispatcher:
         extra = {"task": task.name, "object_id": object_id}
         if time.monotonic() < self._broker_down_until:
             # Each attempt against a dead broker takes its connect timeouts; skipping for a while keeps the
-            # notifications drained, and the sweeps enqueue these ids again.
-            log.warning("dispatcher: broker down, %s(%s) not published; a sweep will enqueue it",
-                        name, object_id, extra=extra)
+            # notifications drained, and catch_up() publishes these ids from the rows afterwards.
+            log.warning("dispatcher: broker down, %s(%s) not published; it will be from the rows once the broker"
+                        " is back", name, object_id, extra=extra)
             metrics.OUTBOX_PUBLISHES.labels(task=name, result="failed").inc()
+            self._missed = True
             return False
         try:
             task.apply_async(args=(object_id,))
         except Exception as exc:  # whatever the broker's client raises, the dispatcher carries on
             self._broker_down_until = time.monotonic() + self.broker_retry_s
-            log.warning("dispatcher: publishing %s(%s) failed (%s); a sweep will enqueue it",
-                        name, object_id, exc, extra=extra)
+            log.warning("dispatcher: publishing %s(%s) failed (%s); it will be from the rows once the broker is"
+                        " back", name, object_id, exc, extra=extra)
             metrics.OUTBOX_PUBLISHES.labels(task=name, result="failed").inc()
+            self._missed = True
             return False
         metrics.OUTBOX_PUBLISHES.labels(task=name, result="sent").inc()
         return True

@@ -13,6 +13,8 @@ import datetime as dt
 import json
 import logging
 import os
+import shutil
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -248,9 +250,37 @@ def test_the_dispatcher_keeps_running_when_the_broker_is_unreachable(transaction
         wait_until(lambda: any("refund_order(62)" in line for line in _warnings(log_path)),
                    what="the dispatcher's warning about the refund")
         assert proc.poll() is None
-        assert all("sweep will enqueue it" in line for line in _warnings(log_path))
+        assert all("from the rows once the broker is back" in line for line in _warnings(log_path))
     finally:
         proc.terminate()
         returncode = proc.wait(timeout=10)
     assert returncode == 0  # SIGTERM is a clean stop
     assert "dispatcher stopped" in log_path.read_text()
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server to start a broker of its own")
+def test_work_that_failed_to_publish_is_published_once_the_broker_is_back(transactional_db, tmp_path: Path) -> None:
+    port = free_port()  # the broker of this test: down at first
+    env = {**os.environ, "DATABASE_URL": database_url(), "CELERY_BROKER_URL": f"redis://127.0.0.1:{port}/0",
+           "LOG_FORMAT": "json"}
+    log_path = tmp_path / "dispatcher.log"
+    proc = start_dispatcher(env, log_path)
+    broker_proc = None
+    try:
+        merchant = make_actor("Outbox merchant").merchant
+        order, _ = services.order_create(merchant=merchant, merchant_order_no="BLIP-1", amount=100, currency="CNY",
+                                         channel="sandbox")
+        wait_until(lambda: any(f"charge_order({order.pk})" in line for line in _warnings(log_path)),
+                   what="the failed publish")
+        broker_proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                        "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        broker = redis.Redis(port=port)
+        charges = wait_until(lambda: published(broker, "charges"), timeout_s=30,
+                             what="the charge, published from the rows once the broker is back")
+        assert [(name, args) for name, args, _ in charges] == [("payments.tasks.charge_order", [order.pk])]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        if broker_proc is not None:
+            broker_proc.terminate()
+            broker_proc.wait(timeout=10)
