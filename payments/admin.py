@@ -1,5 +1,6 @@
 """Ops' view of the money path. Money state is read-only here: changes go through services."""
 
+from django.conf import settings
 from django.contrib import admin, messages
 
 from payments import services
@@ -29,7 +30,8 @@ class MerchantAdmin(admin.ModelAdmin):
         for merchant in queryset:
             key = services.api_key_rotate(merchant=merchant)
             # Shown once, to the ops user who rotated it; only its hash is stored.
-            self.message_user(request, f"{merchant.name}: new secret key {key}", messages.WARNING)
+            self.message_user(request, f"{merchant.name}: new secret key {key} (the old ones stop working within"
+                                       f" {settings.API_KEY_CACHE_TTL_S:g} s)", messages.WARNING)
 
 
 @admin.register(ApiKey)
