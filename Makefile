@@ -59,6 +59,10 @@ check-alerts:
 	promtool check rules docker/prometheus/alerts.yml
 	cd docker/prometheus && promtool test rules alerts.test.yml
 
+# A database of its own: a dispatcher of `make run` listening on the development one would charge the bench's
+# orders through the simulators.
+bench-api bench-api-ladder: DATABASE_URL = postgres://postgres@$(PGHOST):5432/payments_bench
+
 bench-api: migrate
 	DEBUG=0 SECRET_KEY=bench-only-secret-key $(PY) bench/api_create.py
 
