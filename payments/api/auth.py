@@ -26,8 +26,8 @@ KNOWN_KEYS_MAX = 10_000
 def _active_key(key_hash: str) -> ApiKey | None:
     """The active key with this hash, read at most once per ``API_KEY_CACHE_TTL_S`` per process.
 
-    The read is a fifth of a create's database work, and keys change rarely: a revoked key, or a
-    deactivated merchant, is refused by every process within the TTL (the README says so). Only keys that
+    Read on every request, it was one more database round trip on every call, and keys change rarely: a
+    revoked key, or a deactivated merchant, is refused by every process within the TTL (the README says so). Only keys that
     authenticated are kept, so a new key works at once and a guessed one is read every time.
     """
     now = time.monotonic()
@@ -98,7 +98,7 @@ def _window() -> int:
 def _take_token(merchant: Merchant) -> bool:
     """One request's worth of the merchant's per-second limit, counted in Redis across all processes.
 
-    A process reserves tokens in leases of ``1 / RATE_LIMIT_LEASES_PER_S`` of the limit (one token for the
+    A process reserves tokens in leases of ``1 / RATE_LIMIT_LEASES_PER_S`` of the limit (two tokens for the
     default limit of 100/s), so that a merchant sending thousands of requests a second costs one Redis round
     trip per lease, not per request. The limit is never exceeded; a token leased and not used lapses with
     its window, so a merchant at its limit may be refused a little before it (at most one lease per process).
