@@ -30,8 +30,8 @@ from channels.base import (
     Channel,
     Notification,
     NotificationReply,
-    Refused,
     RefundResult,
+    Refused,
     Retryable,
     TradeResult,
 )

@@ -21,7 +21,11 @@ logconfig_dict = {
         "console": {"format": "%(asctime)s %(levelname)-7s web    %(name)s %(message)s"},
     },
     "handlers": {
-        "stdout": {"class": "logging.StreamHandler", "stream": "ext://sys.stdout", "formatter": "json" if _json else "console"},
+        "stdout": {
+            "class": "logging.StreamHandler",
+            "stream": "ext://sys.stdout",
+            "formatter": "json" if _json else "console",
+        },
     },
     # Replaces gunicorn's default root (the app's Django LOGGING configures the root in each worker).
     "root": {"level": "INFO", "handlers": []},

@@ -21,6 +21,7 @@ from opentelemetry import trace
 
 from payments.observability import log_fields
 
+
 def _default_service() -> str:
     """web, unless this is a management command (``manage.py run_simulator`` logs as run_simulator)."""
     if os.path.basename(sys.argv[0]) == "manage.py" and len(sys.argv) > 1 and sys.argv[1] != "runserver":

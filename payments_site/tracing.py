@@ -6,7 +6,7 @@ span, continuing the caller's W3C ``traceparent`` when there is one; this middle
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from django.http import HttpRequest, HttpResponse
 

@@ -36,9 +36,11 @@ def channel_for(url: str, account: dict[str, str], **overrides: str) -> AlipayCh
 
 
 def create(channel: AlipayChannel, out_trade_no: str = "ord_a1", amount: int = 1050, **extra: Any):
-    return channel.create_trade(out_trade_no=out_trade_no, amount=amount, currency="CNY", description="Coffee beans 1kg",
-                                notify_url=extra.pop("notify_url", "http://127.0.0.1:9/callbacks/alipay"),
-                                expires_at=extra.pop("expires_at", EXPIRES), **extra)
+    return channel.create_trade(
+        out_trade_no=out_trade_no, amount=amount, currency="CNY", description="Coffee beans 1kg",
+        notify_url=extra.pop("notify_url", "http://127.0.0.1:9/callbacks/alipay"),
+        expires_at=extra.pop("expires_at", EXPIRES), **extra,
+    )
 
 
 def refund(channel: AlipayChannel, out_refund_no: str, amount: int, out_trade_no: str = "ord_a1"):

@@ -150,8 +150,8 @@ def gateway(account: dict[str, str]) -> Iterator[tuple[Gateway, AlipayChannel]]:
         yield scripted, channel_for(url, account, alipay_public_key=scripted.public_pem)
 
 
-PAID = {"code": "10000", "msg": "Success", "out_trade_no": "ord_s1", "trade_no": "2026", "trade_status": "TRADE_SUCCESS",
-        "total_amount": "10.50"}
+PAID = {"code": "10000", "msg": "Success", "out_trade_no": "ord_s1", "trade_no": "2026",
+        "trade_status": "TRADE_SUCCESS", "total_amount": "10.50"}
 
 
 def test_a_verified_answer_is_used(gateway: tuple[Gateway, AlipayChannel]) -> None:

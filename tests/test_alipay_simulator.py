@@ -118,6 +118,11 @@ def wait_for(check, timeout_s: float = 10) -> Any:
     return result
 
 
+def notifications(sim: AlipaySimulator) -> list[dict[str, Any]]:
+    """The simulator's record of doc_1's notification attempts."""
+    return httpx.get(f"{sim.base_url}/_sim/trades/doc_1").json()["notifications"]
+
+
 def test_accounts_are_fresh_pem_keys(account: dict[str, str], sim: AlipaySimulator) -> None:
     assert set(account) == {"app_id", "app_private_key", "app_public_key", "alipay_public_key"}
     assert account["app_private_key"].startswith("-----BEGIN RSA PRIVATE KEY-----")  # PKCS#1, Alipay's key tool
@@ -178,7 +183,8 @@ def test_a_refund_without_out_request_no_refunds_the_whole_trade(client: DocClie
 def test_unknown_and_missing_methods(sim: AlipaySimulator, client: DocClient) -> None:
     unknown = httpx.post(f"{sim.base_url}/gateway.do", data=client.params("alipay.trade.nothing", {})).json()
     assert unknown["error_response"]["sub_code"] == "isv.invalid-method"
-    assert httpx.post(f"{sim.base_url}/gateway.do", data={}).json()["error_response"]["sub_code"] == "isv.missing-method"
+    missing = httpx.post(f"{sim.base_url}/gateway.do", data={}).json()
+    assert missing["error_response"]["sub_code"] == "isv.missing-method"
 
 
 # -- notifications -----------------------------------------------------------------------------------------
@@ -191,11 +197,13 @@ def test_notifications_are_retried_on_alipays_schedule_until_the_body_is_success
     httpx.post(precreate(client, notify_url=url)["qr_code"], data={"action": "pay"}).raise_for_status()
     wait_for(lambda: len(catcher.bodies) >= 2)
     catcher.reply = b"success"
-    wait_for(lambda: any(a["acknowledged"] for a in httpx.get(f"{sim.base_url}/_sim/trades/doc_1").json()["notifications"]))
+    wait_for(lambda: any(a["acknowledged"] for a in notifications(sim)))
     seen = [client.verify_notification(body) for body in catcher.bodies]
     assert {n["notify_id"] for n in seen} == {seen[0]["notify_id"]}  # the same notify_id on every retry
     first = seen[0]
-    assert (first["notify_type"], first["trade_status"], first["total_amount"]) == ("trade_status_sync", "TRADE_SUCCESS", "10.50")
+    assert (first["notify_type"], first["trade_status"], first["total_amount"]) == (
+        "trade_status_sync", "TRADE_SUCCESS", "10.50"
+    )
     assert first["app_id"] == client.account["app_id"] and first["gmt_payment"] and first["trade_no"]
     assert catcher.headers[0]["Content-Type"].startswith("application/x-www-form-urlencoded")
 
@@ -220,7 +228,7 @@ def test_notify_faults(client: DocClient, sim: AlipaySimulator, receiver, mode: 
     expected = 2 if mode in ("duplicate_notify", "bad_signature_notify") else 1
     bodies = wait_for(lambda: len(catcher.bodies) >= expected and catcher.bodies)
     if mode == "drop_notify":
-        attempts = wait_for(lambda: len(n := httpx.get(f"{sim.base_url}/_sim/trades/doc_1").json()["notifications"]) >= 2 and n)
+        attempts = wait_for(lambda: len(n := notifications(sim)) >= 2 and n)
         # The first attempt never reached the receiver; the retry (4 simulated minutes later) did.
         assert [a["acknowledged"] for a in attempts] == [False, True] and len(bodies) == 1
     elif mode == "duplicate_notify":
@@ -254,7 +262,9 @@ def test_the_bill_is_a_zip_of_gbk_csvs_in_alipays_format(client: DocClient, monk
     assert len(rows[0]) == 25 and rows[0][0] == "支付宝交易号" and rows[0][-1] == "备注"
     assert all(cell.endswith("\t") for cell in rows[1])  # trailing tabs
     body = [[cell.strip() for cell in row] for row in rows[1:]]
-    assert [(r[1], r[2], r[11], r[21]) for r in body] == [("doc_1", "交易", "10.50", ""), ("doc_1", "退款", "-0.50", "r1")]
+    assert [(r[1], r[2], r[11], r[21]) for r in body] == [
+        ("doc_1", "交易", "10.50", ""), ("doc_1", "退款", "-0.50", "r1")
+    ]
     summary = archive.read(next(n for n in names if "汇总" in n)).decode("gbk")
     assert summary.startswith("#支付宝业务汇总查询")
     # The download URL is good for a short while only.

@@ -102,7 +102,8 @@ def test_list_filters_by_status(client_a, merchant_a, paid_order) -> None:
 
 
 def test_list_rejects_an_unknown_status(client_a, assert_api_error) -> None:
-    assert_api_error(client_a.get(ORDERS, {"status": "paid"}), 400, "invalid_request_error", "parameter_invalid", "status")
+    response = client_a.get(ORDERS, {"status": "paid"})
+    assert_api_error(response, 400, "invalid_request_error", "parameter_invalid", "status")
 
 
 def test_list_filters_by_merchant_order_no(client_a) -> None:
@@ -166,7 +167,8 @@ def test_an_amount_over_the_merchants_limit_is_400(client_a, merchant_a, assert_
 
 @pytest.mark.parametrize("currency", ["XYZ", "cny", "Cny"])
 def test_an_unsupported_currency_is_400(client_a, assert_api_error, currency: str) -> None:
-    assert_api_error(create(client_a, currency=currency), 400, "invalid_request_error", "currency_unsupported", "currency")
+    response = create(client_a, currency=currency)
+    assert_api_error(response, 400, "invalid_request_error", "currency_unsupported", "currency")
 
 
 def test_a_currency_the_channel_does_not_take_is_400(client_a) -> None:

@@ -33,7 +33,8 @@ def test_a_refund_answers_201_with_the_refund(client_a, merchant_a, paid_order) 
     body = response.json()
     assert REFUND_FIELDS <= set(body)
     assert re.fullmatch(r"rfd_[A-Za-z0-9_]+", body["id"]) and len(body["id"]) <= 32
-    assert {k: body[k] for k in ("object", "order", "merchant_refund_no", "amount", "currency", "status", "reason")} == {
+    keys = ("object", "order", "merchant_refund_no", "amount", "currency", "status", "reason")
+    assert {k: body[k] for k in keys} == {
         "object": "refund", "order": order.public_id, "merchant_refund_no": "R-1", "amount": 500, "currency": "USD",
         "status": "pending", "reason": "damaged",
     }
@@ -116,7 +117,9 @@ def test_an_invalid_refund_is_400(client_a, merchant_a, paid_order, assert_api_e
     assert not order.refunds.exists()
 
 
-def test_a_repeated_merchant_refund_no_with_the_same_parameters_returns_the_refund(client_a, merchant_a, paid_order) -> None:
+def test_a_repeated_merchant_refund_no_with_the_same_parameters_returns_the_refund(
+    client_a, merchant_a, paid_order
+) -> None:
     order = paid_order(merchant_a)
     first = refund(client_a, order, reason="damaged")
     again = refund(client_a, order, reason="damaged")

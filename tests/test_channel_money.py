@@ -26,7 +26,10 @@ def test_round_trip(amount: int, currency: str, text: str) -> None:
 
 @pytest.mark.parametrize(
     ("text", "currency"),
-    [("10.505", "CNY"), ("0.001", "CNY"), ("1.5", "JPY"), ("abc", "CNY"), ("NaN", "CNY"), ("Infinity", "CNY"), ("", "CNY")],
+    [
+        ("10.505", "CNY"), ("0.001", "CNY"), ("1.5", "JPY"), ("abc", "CNY"), ("NaN", "CNY"), ("Infinity", "CNY"),
+        ("", "CNY"),
+    ],
 )
 def test_inexact_or_malformed_amounts_are_rejected(text: str, currency: str) -> None:
     with pytest.raises(ValueError):

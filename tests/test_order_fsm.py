@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+from typing import Any
 
 import pytest
 from django_fsm import TransitionNotAllowed
@@ -13,7 +14,7 @@ from payments.models import Order, OrderStatus, Refund, RefundStatus
 
 NOW = dt.datetime(2026, 11, 27, 8, 0, tzinfo=dt.UTC)
 
-ORDER_ARGS = {
+ORDER_ARGS: dict[str, dict[str, Any]] = {
     "mark_pending": {"pay_url": "https://pay.example/qr"},
     "mark_succeeded": {"paid_at": NOW, "channel_trade_no": "t1"},
     "mark_failed": {"code": "channel_refused", "message": "no"},
@@ -22,31 +23,31 @@ ORDER_ARGS = {
     "record_partial_refund": {"amount": 1},
     "record_full_refund": {"amount": 1},
 }
-O = OrderStatus
-ORDER_ALLOWED = {
-    (O.CREATED, "mark_pending"): O.PENDING,
-    (O.CREATED, "mark_succeeded"): O.SUCCEEDED,
-    (O.CREATED, "mark_failed"): O.FAILED,
-    (O.CREATED, "mark_closed"): O.CLOSED,
-    (O.PENDING, "mark_succeeded"): O.SUCCEEDED,
-    (O.PENDING, "mark_failed"): O.FAILED,
-    (O.PENDING, "mark_closed"): O.CLOSED,
+OS = OrderStatus
+ORDER_ALLOWED: dict[tuple[str, str], str] = {
+    (OS.CREATED, "mark_pending"): OS.PENDING,
+    (OS.CREATED, "mark_succeeded"): OS.SUCCEEDED,
+    (OS.CREATED, "mark_failed"): OS.FAILED,
+    (OS.CREATED, "mark_closed"): OS.CLOSED,
+    (OS.PENDING, "mark_succeeded"): OS.SUCCEEDED,
+    (OS.PENDING, "mark_failed"): OS.FAILED,
+    (OS.PENDING, "mark_closed"): OS.CLOSED,
     # API.md: money that arrives for a closed or failed order is accepted (or refunded) by ops' explicit decision.
-    (O.CLOSED, "accept_late_payment"): O.SUCCEEDED,
-    (O.FAILED, "accept_late_payment"): O.SUCCEEDED,
-    (O.SUCCEEDED, "record_partial_refund"): O.PARTIALLY_REFUNDED,
-    (O.SUCCEEDED, "record_full_refund"): O.REFUNDED,
-    (O.PARTIALLY_REFUNDED, "record_partial_refund"): O.PARTIALLY_REFUNDED,
-    (O.PARTIALLY_REFUNDED, "record_full_refund"): O.REFUNDED,
+    (OS.CLOSED, "accept_late_payment"): OS.SUCCEEDED,
+    (OS.FAILED, "accept_late_payment"): OS.SUCCEEDED,
+    (OS.SUCCEEDED, "record_partial_refund"): OS.PARTIALLY_REFUNDED,
+    (OS.SUCCEEDED, "record_full_refund"): OS.REFUNDED,
+    (OS.PARTIALLY_REFUNDED, "record_partial_refund"): OS.PARTIALLY_REFUNDED,
+    (OS.PARTIALLY_REFUNDED, "record_full_refund"): OS.REFUNDED,
 }
 
-REFUND_ARGS = {
+REFUND_ARGS: dict[str, dict[str, Any]] = {
     "mark_processing": {},
     "mark_succeeded": {"succeeded_at": NOW},
     "mark_failed": {"code": "channel_refund_failed", "message": "no"},
 }
 R = RefundStatus
-REFUND_ALLOWED = {
+REFUND_ALLOWED: dict[tuple[str, str], str] = {
     (R.PENDING, "mark_processing"): R.PROCESSING,
     (R.PENDING, "mark_failed"): R.FAILED,
     (R.PROCESSING, "mark_succeeded"): R.SUCCEEDED,
@@ -55,12 +56,12 @@ REFUND_ALLOWED = {
 
 
 @pytest.mark.parametrize("model, table", [(Order, ORDER_ARGS), (Refund, REFUND_ARGS)])
-def test_every_transition_is_in_the_table(model: type, table: dict) -> None:
+def test_every_transition_is_in_the_table(model: type[Order | Refund], table: dict) -> None:
     declared = {t.name for t in model._meta.get_field("status").get_all_transitions(model)}
     assert declared == set(table)
 
 
-@pytest.mark.parametrize("state, transition", list(itertools.product(O.values, ORDER_ARGS)))
+@pytest.mark.parametrize("state, transition", list(itertools.product(OS.values, ORDER_ARGS)))
 def test_order_transition(state: str, transition: str) -> None:
     order = Order(status=state, amount=1000)
     fire = getattr(order, transition)
@@ -94,9 +95,9 @@ def test_order_status_cannot_be_assigned(merchant_a) -> None:
     )
     order = Order.objects.get(pk=created.pk)
     with pytest.raises(AttributeError):
-        order.status = O.SUCCEEDED
+        order.status = OS.SUCCEEDED
     order.refresh_from_db()
-    assert order.status == O.CREATED
+    assert order.status == OS.CREATED
 
 
 def test_refund_status_cannot_be_assigned(merchant_a, paid_order) -> None:

@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from channels.base import Refused, RefundStatus, Retryable, TradeStatus, UnknownOutcome
+from channels.base import RefundStatus, Refused, Retryable, TradeStatus, UnknownOutcome
 from channels.http import Timeouts
 from channels.sandbox.adapter import SandboxChannel
 from channels.sandbox.simulator import SandboxSimulator
@@ -34,7 +34,8 @@ def channel(sim: SandboxSimulator) -> SandboxChannel:
 
 
 def fault(sim: SandboxSimulator, operation: str, mode: str, count: int = 1) -> None:
-    httpx.post(f"{sim.base_url}/_sim/faults", json={"operation": operation, "mode": mode, "count": count}).raise_for_status()
+    fault = {"operation": operation, "mode": mode, "count": count}
+    httpx.post(f"{sim.base_url}/_sim/faults", json=fault).raise_for_status()
 
 
 def create(channel: SandboxChannel, out_trade_no: str = "ord_adapter1", amount: int = 1050):
@@ -108,7 +109,9 @@ def test_wrong_key_is_retryable_not_a_refusal(sim: SandboxSimulator) -> None:
 
 
 def test_unreachable_channel_is_retryable() -> None:
-    down = SandboxChannel(api_base="http://127.0.0.1:9", merchant_id=MERCHANT, secret=SECRET, timeouts=Timeouts(connect_s=1))
+    down = SandboxChannel(
+        api_base="http://127.0.0.1:9", merchant_id=MERCHANT, secret=SECRET, timeouts=Timeouts(connect_s=1)
+    )
     with pytest.raises(Retryable) as raised:
         create(down)
     assert raised.value.code == "channel_unreachable"

@@ -197,8 +197,10 @@ def test_faults_map_to_outcome_kinds(
 
 
 def test_every_mapped_code_has_a_kind_and_a_code() -> None:
-    assert {"USER_PAYING", "PARAM_ERROR", "INVALID_REQUEST", "ORDER_CLOSED", "SIGN_ERROR", "NOT_ENOUGH",
-            "OUT_TRADE_NO_USED", "TRADE_ERROR", "ORDER_NOT_EXIST", "FREQUENCY_LIMITED", "SYSTEM_ERROR"} <= set(ERROR_CODES)
+    assert {
+        "USER_PAYING", "PARAM_ERROR", "INVALID_REQUEST", "ORDER_CLOSED", "SIGN_ERROR", "NOT_ENOUGH",
+        "OUT_TRADE_NO_USED", "TRADE_ERROR", "ORDER_NOT_EXIST", "FREQUENCY_LIMITED", "SYSTEM_ERROR",
+    } <= set(ERROR_CODES)
     assert all(kind in (Refused, Retryable) and code for kind, code in ERROR_CODES.values())
 
 

@@ -117,12 +117,14 @@ def notification(
 PAID = {
     "mchid": MCHID, "appid": "wx0000000000000001", "out_trade_no": "ord_1", "transaction_id": "4200000000001",
     "trade_type": "NATIVE", "trade_state": "SUCCESS", "success_time": "2026-11-27T10:00:00+08:00",
-    "payer": {"openid": "o1"}, "amount": {"total": 1050, "payer_total": 1050, "currency": "CNY", "payer_currency": "CNY"},
+    "payer": {"openid": "o1"},
+    "amount": {"total": 1050, "payer_total": 1050, "currency": "CNY", "payer_currency": "CNY"},
 }
 REFUND = {
     "mchid": MCHID, "out_trade_no": "ord_1", "transaction_id": "4200000000001", "out_refund_no": "rfd_1",
     "refund_id": "5000000000001", "refund_status": "SUCCESS", "success_time": "2026-11-27T11:00:00+08:00",
-    "user_received_account": "支付用户零钱", "amount": {"total": 1050, "refund": 500, "payer_total": 1050, "payer_refund": 500},
+    "user_received_account": "支付用户零钱",
+    "amount": {"total": 1050, "refund": 500, "payer_total": 1050, "payer_refund": 500},
 }
 
 

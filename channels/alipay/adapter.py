@@ -195,7 +195,8 @@ class AlipayChannel(Channel):
         if response.status_code == 429:
             kind, code = HTTP_STATUSES[429]
             retry_after = response.headers.get("Retry-After", "")
-            raise kind("alipay rate limited", code=code, retry_after_s=float(retry_after) if retry_after.isdigit() else None)
+            retry_after_s = float(retry_after) if retry_after.isdigit() else None
+            raise kind("alipay rate limited", code=code, retry_after_s=retry_after_s)
         try:
             raw, signature = signing.extract_response(response.content.decode("utf-8"), method)
         except ValueError:  # includes undecodable bytes and non-JSON bodies
@@ -219,7 +220,14 @@ class AlipayChannel(Channel):
     # -- operations ------------------------------------------------------------------------------------
 
     def create_trade(
-        self, *, out_trade_no: str, amount: int, currency: str, description: str, notify_url: str, expires_at: dt.datetime
+        self,
+        *,
+        out_trade_no: str,
+        amount: int,
+        currency: str,
+        description: str,
+        notify_url: str,
+        expires_at: dt.datetime,
     ) -> TradeResult:
         if currency != "CNY":
             raise Refused("alipay takes CNY only", code="currency_not_supported")

@@ -53,7 +53,9 @@ def response_key(method: str) -> str:
     return method.replace(".", "_") + "_response"
 
 
-def response_body(method: str, payload: Mapping[str, Any], private_key: rsa.RSAPrivateKey | None, charset: str = "utf-8") -> bytes:
+def response_body(
+    method: str, payload: Mapping[str, Any], private_key: rsa.RSAPrivateKey | None, charset: str = "utf-8"
+) -> bytes:
     """The gateway's answer, signed over the exact text of the ``<method>_response`` value.
 
     ``private_key=None`` makes the unsigned ``error_response`` the gateway gives an unknown app.

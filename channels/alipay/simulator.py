@@ -165,7 +165,8 @@ def _day(t: float) -> str:
 def _params(req: Request) -> tuple[dict[str, str], str]:
     """All request parameters (query string and body) and the charset they are in. BadRequest on a bad charset."""
     query, body = urlsplit(req.target).query.encode("latin-1"), req.body
-    found = re.search(rb"(?:^|&)charset=([A-Za-z0-9_-]+)", query) or re.search(rb"(?:^|&)charset=([A-Za-z0-9_-]+)", body)
+    charset_re = rb"(?:^|&)charset=([A-Za-z0-9_-]+)"
+    found = re.search(charset_re, query) or re.search(charset_re, body)
     charset = found.group(1).decode().lower() if found else "utf-8"
     try:
         codecs.lookup(charset)
@@ -346,7 +347,8 @@ class AlipaySimulator(ChannelSimulator):
             "create_calls": self.create_calls.get(out_trade_no, 0),
             "paid_at": rfc3339(trade.paid_at) if trade.paid_at is not None else None,
             "refunds": [
-                {"out_refund_no": r.out_request_no, "amount": r.amount, "status": "REFUND_SUCCESS"} for r in trade.refunds
+                {"out_refund_no": r.out_request_no, "amount": r.amount, "status": "REFUND_SUCCESS"}
+                for r in trade.refunds
             ],
             "notifications": self.notification_attempts(trade.notifications),
         }
@@ -378,12 +380,15 @@ class AlipaySimulator(ChannelSimulator):
         return self._answer(ctx, {"code": "10000", "msg": "Success", **fields})
 
     def _fail(self, ctx: Context, code: str, sub_code: str, sub_msg: str, **fields: Any) -> Response:
-        return self._answer(ctx, {"code": code, "msg": MESSAGES[code], "sub_code": sub_code, "sub_msg": sub_msg, **fields})
+        return self._answer(
+            ctx, {"code": code, "msg": MESSAGES[code], "sub_code": sub_code, "sub_msg": sub_msg, **fields}
+        )
 
     @staticmethod
     def _unsigned(code: str, sub_code: str, sub_msg: str) -> Response:
         payload = {"code": code, "msg": MESSAGES[code], "sub_code": sub_code, "sub_msg": sub_msg}
-        return Response(200, signing.response_body("", payload, None), {"Content-Type": "application/json;charset=utf-8"})
+        headers = {"Content-Type": "application/json;charset=utf-8"}
+        return Response(200, signing.response_body("", payload, None), headers)
 
     def _not_exist(self, ctx: Context, **fields: Any) -> Response:
         return self._fail(ctx, "40004", "ACQ.TRADE_NOT_EXIST", "交易不存在", **fields)
@@ -410,7 +415,9 @@ class AlipaySimulator(ChannelSimulator):
         out_trade_no = biz.get("out_trade_no")
         if not isinstance(out_trade_no, str):
             trade_no = biz.get("trade_no")
-            out_trade_no = next((t.out_trade_no for t in self.trades.values() if t.trade_no and t.trade_no == trade_no), "")
+            out_trade_no = next(
+                (t.out_trade_no for t in self.trades.values() if t.trade_no and t.trade_no == trade_no), ""
+            )
         trade = self._lookup(out_trade_no)
         if trade is None or trade.app_id != ctx.account.app_id or trade.trade_no is None:
             return None
@@ -550,7 +557,11 @@ class AlipaySimulator(ChannelSimulator):
                 return self._not_exist(ctx, refund_fee="0.00", send_back_fee="0.00")
             # Without out_request_no the refund is of the whole trade, numbered by its out_trade_no.
             number = out_request_no or trade.out_trade_no
-            answer = {"trade_no": trade.trade_no, "out_trade_no": trade.out_trade_no, "buyer_logon_id": trade.buyer_logon_id}
+            answer = {
+                "trade_no": trade.trade_no,
+                "out_trade_no": trade.out_trade_no,
+                "buyer_logon_id": trade.buyer_logon_id,
+            }
             done = next((r for r in trade.refunds if r.out_request_no == number), None)
             if done is not None:
                 if done.amount != amount:
@@ -569,7 +580,11 @@ class AlipaySimulator(ChannelSimulator):
                 return self._fail(ctx, "40004", "ACQ.REASON_TRADE_REFUND_FEE_ERR", "退款金额无效", **zero)
             refund = Refund(number, amount, reason, time.time())
             trade.refunds.append(refund)
-            extra = {"out_biz_no": number, "refund_fee": to_major(trade.refunded, "CNY"), "gmt_refund": _cst(refund.at, ms=True)}
+            extra = {
+                "out_biz_no": number,
+                "refund_fee": to_major(trade.refunded, "CNY"),
+                "gmt_refund": _cst(refund.at, ms=True),
+            }
             if trade.refunded == trade.amount:
                 trade.status, trade.closed_at = "TRADE_CLOSED", refund.at  # Alipay closes a fully refunded trade
                 extra["gmt_close"] = _cst(refund.at)
@@ -683,7 +698,8 @@ class AlipaySimulator(ChannelSimulator):
             writer.writerow(columns)
             # Alipay ends every value with a tab, so that spreadsheets keep long numbers as text.
             writer.writerows([[f"{cell}\t" for cell in cells] for cells in body])
-            out.write("\r\n".join([f"#{'-' * 41}{list_name}列表结束{'-' * 36}", *footer, f"#导出时间：[{exported}]"]) + "\r\n")
+            closing = f"#{'-' * 41}{list_name}列表结束{'-' * 36}"
+            out.write("\r\n".join([closing, *footer, f"#导出时间：[{exported}]"]) + "\r\n")
             return out.getvalue().encode("gbk")
 
         detail = csv_text(
@@ -691,9 +707,11 @@ class AlipaySimulator(ChannelSimulator):
             [f"#交易合计：{len(payments)}笔，商家实收共{to_major(total, 'CNY')}元，商家优惠共0.00元",
              f"#退款合计：{len(refunds)}笔，商家实收退款共{to_major(refunded, 'CNY')}元，商家优惠退款共0.00元"],
         )
-        sums = [str(len(payments)), str(len(refunds)), to_major(total + refunded, "CNY"), to_major(total + refunded, "CNY"),
-                "0.00", "0.00", "0.00", "0.00", "0.00", to_major(total + refunded, "CNY")]
-        summary = csv_text("#支付宝业务汇总查询", "业务汇总", SUMMARY_COLUMNS, [["", "", *sums], ["合计", "", *sums]], [])
+        net = to_major(total + refunded, "CNY")
+        sums = [str(len(payments)), str(len(refunds)), net, net, "0.00", "0.00", "0.00", "0.00", "0.00", net]
+        summary = csv_text(
+            "#支付宝业务汇总查询", "业务汇总", SUMMARY_COLUMNS, [["", "", *sums], ["合计", "", *sums]], []
+        )
         prefix = f"{account.seller_id}0156_{day:%Y%m%d}"
         out = io.BytesIO()
         with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:

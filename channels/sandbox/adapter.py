@@ -18,9 +18,9 @@ from channels.base import (
     InvalidNotification,
     Notification,
     NotificationReply,
-    Refused,
     RefundResult,
     RefundStatus,
+    Refused,
     Retryable,
     TradeResult,
     TradeStatus,
@@ -120,7 +120,8 @@ class SandboxChannel(Channel):
         }
         if payload is not None:
             headers["Content-Type"] = "application/json"
-        response = send(self.client, self.client.build_request(method, self.api_base + path, content=body, headers=headers))
+        request = self.client.build_request(method, self.api_base + path, content=body, headers=headers)
+        response = send(self.client, request)
         self._verify_answer(response)
         if response.headers.get("content-type", "").startswith("application/json"):
             return response.status_code, response.json()
@@ -154,7 +155,14 @@ class SandboxChannel(Channel):
     # -- operations ------------------------------------------------------------------------------------
 
     def create_trade(
-        self, *, out_trade_no: str, amount: int, currency: str, description: str, notify_url: str, expires_at: dt.datetime
+        self,
+        *,
+        out_trade_no: str,
+        amount: int,
+        currency: str,
+        description: str,
+        notify_url: str,
+        expires_at: dt.datetime,
     ) -> TradeResult:
         payload = {
             "out_trade_no": out_trade_no,

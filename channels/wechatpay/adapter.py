@@ -242,7 +242,14 @@ class WechatPayChannel(Channel):
     # -- operations ------------------------------------------------------------------------------------
 
     def create_trade(
-        self, *, out_trade_no: str, amount: int, currency: str, description: str, notify_url: str, expires_at: dt.datetime
+        self,
+        *,
+        out_trade_no: str,
+        amount: int,
+        currency: str,
+        description: str,
+        notify_url: str,
+        expires_at: dt.datetime,
     ) -> TradeResult:
         if currency not in self.currencies:
             raise Refused(f"wechatpay does not take {currency}", code="currency_not_supported")

@@ -63,7 +63,9 @@ SHANGHAI = timezone(timedelta(hours=8), "Asia/Shanghai")
 MAX_AMOUNT = 10**12
 OUT_TRADE_NO_RE = re.compile(r"[0-9A-Za-z_\-|*@]{6,32}")
 OUT_REFUND_NO_RE = re.compile(r"[0-9A-Za-z_\-|*@]{1,64}")
-STATE_DESC = {"SUCCESS": "支付成功", "REFUND": "转入退款", "NOTPAY": "未支付", "CLOSED": "已关闭", "USERPAYING": "用户支付中"}
+STATE_DESC = {
+    "SUCCESS": "支付成功", "REFUND": "转入退款", "NOTPAY": "未支付", "CLOSED": "已关闭", "USERPAYING": "用户支付中",
+}
 PAID = ("SUCCESS", "REFUND")
 BILL_HEADER = [
     "交易时间", "公众账号ID", "商户号", "特约商户号", "设备号", "微信订单号", "商户订单号", "用户标识", "交易类型",
@@ -71,7 +73,9 @@ BILL_HEADER = [
     "充值券退款金额", "退款类型", "退款状态", "商品名称", "商户数据包", "手续费", "费率", "订单金额", "申请退款金额",
     "费率备注",
 ]
-BILL_SUMMARY = ["总交易单数", "应结订单总金额", "退款总金额", "充值券退款总金额", "手续费总金额", "订单总金额", "申请退款总金额"]
+BILL_SUMMARY = [
+    "总交易单数", "应结订单总金额", "退款总金额", "充值券退款总金额", "手续费总金额", "订单总金额", "申请退款总金额",
+]
 FEE_RATE = Decimal("0.006")
 
 
@@ -255,7 +259,9 @@ class WechatPaySimulator(ChannelSimulator):
             "currency": trade.currency,
             "create_calls": self.create_calls.get(out_trade_no, 0),
             "paid_at": _cst(trade.success_time),
-            "refunds": [{"out_refund_no": r.out_refund_no, "amount": r.amount, "status": r.status} for r in trade.refunds],
+            "refunds": [
+                {"out_refund_no": r.out_refund_no, "amount": r.amount, "status": r.status} for r in trade.refunds
+            ],
             "notifications": self.notification_attempts(trade.notifications),
         }
 

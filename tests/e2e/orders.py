@@ -10,7 +10,9 @@ from payments.models import Order
 from tests.e2e.conftest import wait_until
 
 
-def create_order(client: Any, number: str = "E2E-1", amount: int = 1000, *, channel: str = "sandbox", **extra: Any) -> dict:
+def create_order(
+    client: Any, number: str = "E2E-1", amount: int = 1000, *, channel: str = "sandbox", **extra: Any
+) -> dict:
     response = client.post(
         "/api/v1/orders",
         {"merchant_order_no": number, "amount": amount, "currency": "CNY", "channel": channel, **extra},

@@ -12,8 +12,7 @@ from channels.registry import get_channel
 from payments import tasks
 from payments.models import ChannelNotification, Event, Order, Refund, TransitionLog
 from tests.conftest import make_actor
-from tests.e2e import alipay_fixtures
-from tests.e2e import orders
+from tests.e2e import alipay_fixtures, orders
 from tests.e2e.conftest import Simulator, wait_until
 from tests.e2e.orders import order_in, pay
 

@@ -31,7 +31,9 @@ def test_order_is_paid_and_refunded_end_to_end(e2e: Simulator) -> None:
     assert refund.status_code == 201
     order = order_in(created["id"], "partially_refunded")
     assert order.amount_refunded == 400
-    client.post(f"/api/v1/orders/{order.public_id}/refunds", {"merchant_refund_no": "R-2", "amount": 600}, format="json")
+    client.post(
+        f"/api/v1/orders/{order.public_id}/refunds", {"merchant_refund_no": "R-2", "amount": 600}, format="json"
+    )
     order = order_in(created["id"], "refunded")
     assert order.amount_refunded == 1000
     wait_until(lambda: Refund.objects.filter(order=order, status="succeeded").count() == 2, what="both refunds")
@@ -129,7 +131,9 @@ def test_unanswered_refund_is_queried_not_resent(e2e: Simulator) -> None:
     pay(order)
     order_in(order.public_id, "succeeded")
     e2e.fault("refund", "timeout_after_processing", count=1)
-    client.post(f"/api/v1/orders/{order.public_id}/refunds", {"merchant_refund_no": "R-1", "amount": 1000}, format="json")
+    client.post(
+        f"/api/v1/orders/{order.public_id}/refunds", {"merchant_refund_no": "R-1", "amount": 1000}, format="json"
+    )
     order = order_in(order.public_id, "refunded")
     assert [r["amount"] for r in e2e.trade(order.public_id)["refunds"]] == [1000]
 

@@ -23,7 +23,9 @@ def write_rsa_pair(directory: Path, name: str) -> tuple[Path, Path]:
     if not private_path.exists():
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         private_path.write_bytes(
-            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
         )
         private_path.chmod(0o600)
         public_path.write_bytes(
@@ -36,9 +38,12 @@ def dev_channel_env(directory: Path) -> dict[str, str]:
     """The settings (environment variables) of the development accounts, generating what is missing."""
     directory.mkdir(parents=True, exist_ok=True)
     values_path = directory / "values.env"
-    values = dict(line.split("=", 1) for line in values_path.read_text().splitlines() if "=" in line) if values_path.exists() else {}
+    values: dict[str, str] = {}
+    if values_path.exists():
+        values = dict(line.split("=", 1) for line in values_path.read_text().splitlines() if "=" in line)
     values.setdefault("SANDBOX_SECRET", secrets.token_urlsafe(24))
-    values.setdefault("WECHATPAY_APIV3_KEY", "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(32)))
+    alphabet = string.ascii_letters + string.digits
+    values.setdefault("WECHATPAY_APIV3_KEY", "".join(secrets.choice(alphabet) for _ in range(32)))
     values.setdefault("WECHATPAY_MERCHANT_SERIAL_NO", secrets.token_hex(20).upper())
     values.setdefault("WECHATPAY_PLATFORM_PUBLIC_KEY_ID", "PUB_KEY_ID_" + secrets.token_hex(16).upper())
     values_path.write_text("".join(f"{k}={v}\n" for k, v in sorted(values.items())))
