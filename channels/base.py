@@ -15,12 +15,27 @@ from __future__ import annotations
 import abc
 import datetime as dt
 import enum
-from collections.abc import Mapping
+import hashlib
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import IO, Any
 
 # Alipay's and WeChat Pay's times and bill days are Beijing time. China has kept +08:00 all year since 1991,
 # so a fixed offset is exact (and needs no time zone database).
 CHINA_TIME = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")
+
+
+def bill_zone(name: str) -> dt.tzinfo:
+    """The tzinfo of a channel's ``bill_timezone``: fixed offsets for UTC and Beijing, the system's zone
+    database for any other name (a sandbox configured otherwise)."""
+    if name in ("UTC", "Etc/UTC"):
+        return dt.UTC
+    if name == "Asia/Shanghai":
+        return CHINA_TIME
+    from zoneinfo import ZoneInfo
+
+    return ZoneInfo(name)
 
 
 class ChannelError(Exception):
@@ -35,6 +50,11 @@ class ChannelError(Exception):
 
 class Retryable(ChannelError):
     """The request did not take effect; the same request may be sent again later."""
+
+
+class BillNotReady(Retryable):
+    """The day's bill is not there yet: being generated (``code="bill_creating"``), or not found
+    (``code="bill_not_found"``: not generated yet, or no bill because the day had no trades). Ask again later."""
 
 
 class UnknownOutcome(ChannelError):
@@ -112,7 +132,9 @@ class NotificationReply:
 @dataclass(frozen=True)
 class BillRow:
     """One line of a channel's bill, in our words: ``kind`` is "payment" or "refund", ``status`` a
-    ``TradeStatus`` or ``RefundStatus`` value (a bill lists completed ones: "succeeded")."""
+    ``TradeStatus`` or ``RefundStatus`` value (a bill lists completed ones: "succeeded"). ``fee`` is the
+    channel's service fee for the row in minor units, positive for a fee charged (negative when a refund gives
+    some back), 0 where the format has none."""
 
     kind: str
     out_trade_no: str
@@ -123,6 +145,63 @@ class BillRow:
     out_refund_no: str | None = None
     channel_refund_no: str | None = None
     completed_at: dt.datetime | None = None
+    fee: int = 0
+
+
+class BillMalformed(Retryable):
+    """A bill file that does not parse (found while its rows are read)."""
+
+
+# Bills are spooled: this much stays in memory, the rest goes to a temporary file.
+BILL_SPOOL_MEMORY = 8 * 1024 * 1024
+
+
+def new_spool() -> IO[bytes]:
+    return tempfile.SpooledTemporaryFile(max_size=BILL_SPOOL_MEMORY)
+
+
+def file_digest(file: IO[bytes], algorithm: Callable[[], Any] = hashlib.sha1) -> str:
+    """Hex digest of a spooled file, read in chunks from the start."""
+    file.seek(0)
+    digest = algorithm()
+    while chunk := file.read(1 << 16):
+        digest.update(chunk)
+    return str(digest.hexdigest())
+
+
+class BillFile:
+    """A downloaded bill, spooled to disk: iterating it parses the rows one at a time, so that a bill of
+    millions of rows never sits in memory. Close it (or use it as a context manager) to drop the file.
+
+    The download and its checks (signature, hash) happen before a ``BillFile`` exists, so only parsing is
+    left; a row that does not parse raises ``BillMalformed`` (retryable: a new download may be whole)."""
+
+    def __init__(self, file: IO[bytes] | None, parse: Callable[[IO[bytes]], Iterator[BillRow]]) -> None:
+        self.file = file
+        self._parse = parse
+
+    @classmethod
+    def empty(cls) -> BillFile:
+        return cls(None, lambda file: iter(()))
+
+    def __iter__(self) -> Iterator[BillRow]:
+        if self.file is None:
+            return
+        self.file.seek(0)
+        try:
+            yield from self._parse(self.file)
+        except (KeyError, ValueError, IndexError, StopIteration, UnicodeDecodeError) as exc:
+            raise BillMalformed(f"bill file is malformed ({exc!r})", code="bill_malformed") from exc
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+    def __enter__(self) -> BillFile:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 class Channel(abc.ABC):
@@ -169,7 +248,9 @@ class Channel(abc.ABC):
     def notification_reply(self, *, accepted: bool) -> NotificationReply: ...
 
     @abc.abstractmethod
-    def download_bill(self, *, day: dt.date) -> list[BillRow]: ...
+    def download_bill(self, *, day: dt.date) -> BillFile:
+        """The channel's trade bill of ``day`` (a day of ``bill_timezone``), downloaded and verified. Raises
+        ``BillNotReady`` while the channel has not made it yet."""
 
 
 def notification_to_dict(notification: Notification) -> dict:

@@ -8,10 +8,11 @@ the channel may have acted on it, so the caller must query before anything else.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import IO
 
 import httpx
 
-from channels.base import Retryable, UnknownOutcome
+from channels.base import Retryable, UnknownOutcome, new_spool
 
 
 @dataclass(frozen=True)
@@ -41,3 +42,38 @@ def send(client: httpx.Client, request: httpx.Request) -> httpx.Response:
         raise UnknownOutcome(f"no answer from channel: {type(exc).__name__}", code="channel_timeout") from exc
     except httpx.HTTPError as exc:
         raise UnknownOutcome(f"channel transport error: {type(exc).__name__}", code="channel_error") from exc
+
+
+@dataclass
+class Download:
+    """A streamed answer: status, headers, and the body spooled to a file (memory up to a bound, then disk)."""
+
+    status_code: int
+    headers: httpx.Headers
+    file: IO[bytes]
+
+    def small_body(self, limit: int = 65536) -> bytes:
+        """The start of the body, to read an error answer."""
+        self.file.seek(0)
+        return self.file.read(limit)
+
+
+def download(client: httpx.Client, request: httpx.Request) -> Download:
+    """Send a read-only request (a bill download) and spool its body as it arrives. Reading is safe to repeat,
+    so a transfer cut off half way is retryable, not an unknown outcome."""
+    file = new_spool()
+    try:
+        response = client.send(request, stream=True)
+        try:
+            for chunk in response.iter_bytes(1 << 16):
+                file.write(chunk)
+        finally:
+            response.close()
+    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+        file.close()
+        raise Retryable(f"channel unreachable: {type(exc).__name__}", code="channel_unreachable") from exc
+    except httpx.HTTPError as exc:
+        file.close()
+        raise Retryable(f"download failed: {type(exc).__name__}", code="bill_unavailable") from exc
+    file.seek(0)
+    return Download(response.status_code, response.headers, file)

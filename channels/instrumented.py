@@ -26,7 +26,7 @@ from opentelemetry.trace import Status, StatusCode
 from prometheus_client import Counter, Gauge, Histogram
 
 from channels.base import (
-    BillRow,
+    BillFile,
     Channel,
     Notification,
     NotificationReply,
@@ -197,7 +197,7 @@ class InstrumentedChannel(Channel):
             out_trade_no=out_trade_no, out_refund_no=out_refund_no,
         ))
 
-    def download_bill(self, *, day: dt.date) -> list[BillRow]:
+    def download_bill(self, *, day: dt.date) -> BillFile:
         return self._call("download_bill", lambda: self.inner.download_bill(day=day))
 
     # Local work (verifying a signature, building a reply): nothing to time and nothing to break.

@@ -5,7 +5,7 @@ The one place where money changes format: ``to_major(1050, "CNY") == "10.50"`` a
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
 MINOR_UNIT_EXPONENT = {"CNY": 2, "USD": 2, "EUR": 2, "JPY": 0}
 
@@ -27,16 +27,29 @@ def to_major(amount: int, currency: str) -> str:
     return f"{sign}{whole}.{frac:0{places}d}" if places else f"{sign}{whole}"
 
 
-def from_major(value: str, currency: str) -> int:
-    """``"10.50", "CNY"`` → ``1050``. Rejects anything that is not an exact amount of minor units."""
-    places = exponent(currency)
+def _decimal(value: str) -> Decimal:
     try:
         number = Decimal(str(value).strip())
     except InvalidOperation:
         raise ValueError(f"not a decimal amount: {value!r}") from None
     if not number.is_finite():
         raise ValueError(f"not a finite amount: {value!r}")
-    scaled = number.scaleb(places)
+    return number
+
+
+def from_major(value: str, currency: str) -> int:
+    """``"10.50", "CNY"`` → ``1050``. Rejects anything that is not an exact amount of minor units."""
+    places = exponent(currency)
+    scaled = _decimal(value).scaleb(places)
     if scaled != scaled.to_integral_value():
         raise ValueError(f"{value!r} has more than {places} decimal places for {currency}")
     return int(scaled)
+
+
+def fee_from_major(value: str, currency: str) -> int:
+    """A channel's fee as printed in a bill, in minor units, rounded half up: WeChat Pay prints fees to
+    1/1000 fen (``"0.06300"``) and settles them rounded to the fen. ``""`` is no fee."""
+    if not str(value).strip():
+        return 0
+    scaled = _decimal(value).scaleb(exponent(currency))
+    return int(scaled.quantize(Decimal(1), rounding=ROUND_HALF_UP))

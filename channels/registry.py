@@ -32,6 +32,7 @@ def get_channel(name: str) -> Channel:
             merchant_id=settings.SANDBOX_MERCHANT_ID,
             secret=settings.SANDBOX_SECRET,
             timeouts=_timeouts(),
+            bill_timezone=getattr(settings, "SANDBOX_BILL_TIMEZONE", "UTC"),
         )
     if name == "alipay":
         from pathlib import Path

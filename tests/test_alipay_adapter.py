@@ -11,7 +11,7 @@ import pytest
 from channels.alipay import signing
 from channels.alipay.adapter import ERRORS, HTTP_STATUSES, AlipayChannel
 from channels.alipay.simulator import AlipaySimulator
-from channels.base import RefundStatus, Refused, Retryable, TradeStatus, UnknownOutcome
+from channels.base import BillNotReady, RefundStatus, Refused, Retryable, TradeStatus, UnknownOutcome
 from tests.alipay_support import (
     Gateway,
     channel_for,
@@ -335,12 +335,17 @@ def test_the_bill_is_parsed_into_rows(channel: AlipayChannel, sim: AlipaySimulat
     paid(channel, "ord_b2", 1)
     refund(channel, "rfd_b1", 50, out_trade_no="ord_b1")
     create(channel, "ord_b3")  # never paid: not in the bill
-    rows = channel.download_bill(day=TODAY())
+    with channel.download_bill(day=TODAY()) as bill:
+        rows = list(bill)
     assert sorted((r.kind, r.out_trade_no, r.amount, r.out_refund_no) for r in rows) == [
         ("payment", "ord_b1", 1050, None), ("payment", "ord_b2", 1, None), ("refund", "ord_b1", 50, "rfd_b1"),
     ]
     assert all(r.currency == "CNY" and r.channel_trade_no and r.completed_at for r in rows)
     assert all(r.completed_at and r.completed_at.date() == TODAY() for r in rows)
+    # 服务费 is printed negative when charged (0.6% at the simulator, to the fen); ours is positive.
+    assert sorted((r.out_trade_no, r.kind, r.fee) for r in rows) == [
+        ("ord_b1", "payment", 6), ("ord_b1", "refund", 0), ("ord_b2", "payment", 0),
+    ]
 
 
 def test_bill_adjustments_show_up_as_discrepancies(channel: AlipayChannel, sim: AlipaySimulator) -> None:
@@ -348,11 +353,11 @@ def test_bill_adjustments_show_up_as_discrepancies(channel: AlipayChannel, sim: 
     paid(channel, "ord_b2", 200)
     adjust = {"drop": ["ord_b1"], "amount": {"ord_b2": 199}, "add": [{"out_trade_no": "ord_ghost", "amount": 5}]}
     httpx.post(f"{sim.base_url}/_sim/bills/{TODAY().isoformat()}/adjust", json=adjust).raise_for_status()
-    rows = channel.download_bill(day=TODAY())
+    rows = list(channel.download_bill(day=TODAY()))
     assert sorted((r.out_trade_no, r.amount) for r in rows) == [("ord_b2", 199), ("ord_ghost", 5)]
 
 
 def test_a_bill_of_a_day_to_come_is_not_there_yet(channel: AlipayChannel) -> None:
-    with pytest.raises(Retryable) as raised:
+    with pytest.raises(BillNotReady) as raised:
         channel.download_bill(day=TODAY() + dt.timedelta(days=1))  # isp.bill_not_exist
-    assert raised.value.code == "bill_unavailable"
+    assert raised.value.code == "bill_not_found"

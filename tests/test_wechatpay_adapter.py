@@ -16,7 +16,7 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from channels.base import RefundStatus, Refused, Retryable, TradeStatus, UnknownOutcome
+from channels.base import BillNotReady, RefundStatus, Refused, Retryable, TradeStatus, UnknownOutcome
 from channels.http import Timeouts
 from channels.wechatpay import signing
 from channels.wechatpay.adapter import ERROR_CODES, SHANGHAI, WechatPayChannel
@@ -201,7 +201,7 @@ def test_every_mapped_code_has_a_kind_and_a_code() -> None:
         "USER_PAYING", "PARAM_ERROR", "INVALID_REQUEST", "ORDER_CLOSED", "SIGN_ERROR", "NOT_ENOUGH",
         "OUT_TRADE_NO_USED", "TRADE_ERROR", "ORDER_NOT_EXIST", "FREQUENCY_LIMITED", "SYSTEM_ERROR",
     } <= set(ERROR_CODES)
-    assert all(kind in (Refused, Retryable) and code for kind, code in ERROR_CODES.values())
+    assert all(issubclass(kind, (Refused, Retryable)) and code for kind, code in ERROR_CODES.values())
 
 
 def test_unanswered_create_is_queried_and_answers_the_one_trade(
@@ -236,7 +236,8 @@ def test_bill_download_is_parsed_into_rows_with_the_hash_checked(
     today = dt.datetime.now(SHANGHAI).date()
     wait_for(lambda: channel.query_refund(out_trade_no="ord_wx_bill1", out_refund_no="rfd_wx_bill1").status
              == RefundStatus.SUCCEEDED)
-    rows = channel.download_bill(day=today)
+    with channel.download_bill(day=today) as bill:
+        rows = list(bill)
     payments = {r.out_trade_no: r for r in rows if r.kind == "payment"}
     assert set(payments) == {"ord_wx_bill1", "ord_wx_bill2"}
     assert (payments["ord_wx_bill1"].amount, payments["ord_wx_bill2"].amount) == (1050, 1)
@@ -245,12 +246,17 @@ def test_bill_download_is_parsed_into_rows_with_the_hash_checked(
     [refunded] = [r for r in rows if r.kind == "refund"]
     assert (refunded.out_trade_no, refunded.out_refund_no, refunded.amount, refunded.status) == (
         "ord_wx_bill1", "rfd_wx_bill1", 50, "succeeded")
-    assert channel.download_bill(day=today - dt.timedelta(days=1)) == []
+    # 手续费 is printed to 1/1000 fen (0.6% of 10.50 is 0.06300); ours is rounded to the fen.
+    assert (payments["ord_wx_bill1"].fee, payments["ord_wx_bill2"].fee, refunded.fee) == (6, 0, 0)
+    assert list(channel.download_bill(day=today - dt.timedelta(days=1))) == []
+    with pytest.raises(BillNotReady) as raised:
+        channel.download_bill(day=today + dt.timedelta(days=1))
+    assert raised.value.code == "bill_not_found"
 
     adjust = {"drop": ["ord_wx_bill2"], "amount": {"ord_wx_bill1": 1000},
               "add": [{"out_trade_no": "ord_wx_ghost", "amount": 77, "status": "SUCCESS"}]}
     httpx.post(f"{sim.base_url}/_sim/bills/{today.isoformat()}/adjust", json=adjust).raise_for_status()
-    adjusted = {r.out_trade_no: r.amount for r in channel.download_bill(day=today) if r.kind == "payment"}
+    adjusted = {r.out_trade_no: r.amount for r in list(channel.download_bill(day=today)) if r.kind == "payment"}
     assert adjusted == {"ord_wx_bill1": 1000, "ord_wx_ghost": 77}
 
 
@@ -341,9 +347,9 @@ def test_bill_answers(gateway: FakeGateway, account: dict[str, str]) -> None:
     channel = make_channel(gateway.base_url, account)
     day = dt.date(2026, 1, 1)
     gateway.answer = lambda path: gateway.signed(400, {"code": "NO_STATEMENT_EXIST", "message": "账单文件不存在"})
-    assert channel.download_bill(day=day) == []
+    expect(BillNotReady, "bill_not_found", lambda: channel.download_bill(day=day))
     gateway.answer = lambda path: gateway.signed(400, {"code": "STATEMENT_CREATING", "message": "账单生成中"})
-    expect(Retryable, "bill_not_ready", lambda: channel.download_bill(day=day))
+    expect(BillNotReady, "bill_creating", lambda: channel.download_bill(day=day))
     content = "交易时间,商户订单号\r\n总交易单数\r\n`0\r\n".encode()
 
     def bill(path: str, digest: str = hashlib.sha1(b"something else").hexdigest()) -> tuple[int, bytes, dict[str, str]]:
@@ -355,4 +361,4 @@ def test_bill_answers(gateway: FakeGateway, account: dict[str, str]) -> None:
     gateway.answer = bill
     expect(Retryable, "bill_hash_mismatch", lambda: channel.download_bill(day=day))
     gateway.answer = lambda path: bill(path, hashlib.sha1(content).hexdigest())
-    assert channel.download_bill(day=day) == []
+    assert list(channel.download_bill(day=day)) == []

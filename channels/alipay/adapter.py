@@ -20,14 +20,16 @@ import io
 import json
 import re
 import zipfile
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import IO, Any
 from urllib.parse import parse_qsl
 
 import httpx
 
 from channels.alipay import signing
 from channels.base import (
+    BillFile,
+    BillNotReady,
     BillRow,
     Channel,
     ChannelError,
@@ -42,8 +44,8 @@ from channels.base import (
     TradeStatus,
     UnknownOutcome,
 )
-from channels.http import Timeouts, new_client, send
-from channels.money import from_major, to_major
+from channels.http import Timeouts, download, new_client, send
+from channels.money import fee_from_major, from_major, to_major
 
 # Alipay's codes and sub_codes → (our outcome kind, our failure code): the only place that reads them. A sub_code
 # listed here wins over its code (opendocs.alipay.com/common/02km9f and each API's error list).
@@ -68,7 +70,8 @@ ERRORS: dict[str, tuple[type[ChannelError], str]] = {
     "ACQ.CONTEXT_INCONSISTENT": (Refused, "duplicate_out_trade_no"),
     "ACQ.REASON_TRADE_REFUND_FEE_ERR": (Refused, "refund_exceeds_amount"),
     "ACQ.DISCORDANT_REPEAT_REQUEST": (Refused, "duplicate_out_refund_no"),
-    "isp.bill_not_exist": (Retryable, "bill_unavailable"),  # the day's bill is not ready yet
+    # The day's bill is not there: not generated yet (about 09:00 the next morning), or a day to come.
+    "isp.bill_not_exist": (BillNotReady, "bill_not_found"),
 }
 HTTP_STATUSES: dict[int, tuple[type[ChannelError], str]] = {
     429: (Retryable, "channel_rate_limited"),
@@ -108,27 +111,31 @@ def _trade(data: Mapping[str, Any]) -> TradeResult:
     )
 
 
-def parse_bill(content: bytes) -> list[BillRow]:
-    """The rows of a trade bill: a zip of GBK CSVs, of which the detail one ("业务明细") lists every payment and
-    refund completed that day. Comment lines start with ``#``; cells carry trailing tabs."""
-    with zipfile.ZipFile(io.BytesIO(content)) as archive:
-        texts = [archive.read(name).decode("gbk") for name in archive.namelist()]
+def _detail_member(archive: zipfile.ZipFile) -> str:
     # Identify the detail file by its title line: the member names are GBK without the UTF-8 flag at Alipay,
     # so a zip reader may show them garbled.
-    detail = next((t for t in texts if t.lstrip("\ufeff").startswith(BILL_DETAIL_TITLE)), None)
-    if detail is None:
-        raise ValueError("no detail file in the bill")
-    lines = [line for line in detail.splitlines() if line.strip() and not line.startswith("#")]
-    reader = csv.reader(lines)
-    header = [cell.strip() for cell in next(reader)]
-    rows = []
-    for cells in reader:
-        row = dict(zip(header, (cell.strip() for cell in cells), strict=True))
-        kind = BILL_KINDS.get(row["业务类型"])
-        if kind is None:
-            continue
-        rows.append(
-            BillRow(
+    for name in archive.namelist():
+        with archive.open(name) as member:
+            first = member.readline(200).decode("gbk", errors="replace").lstrip("\ufeff")
+        if first.startswith(BILL_DETAIL_TITLE):
+            return name
+    raise ValueError("no detail file in the bill")
+
+
+def parse_bill(file: IO[bytes]) -> Iterator[BillRow]:
+    """The rows of a trade bill, read one at a time: a zip of GBK CSVs, of which the detail one ("业务明细")
+    lists every payment and refund completed that day. Comment lines start with ``#``; cells carry trailing
+    tabs."""
+    with zipfile.ZipFile(file) as archive, archive.open(_detail_member(archive)) as member:
+        text = io.TextIOWrapper(member, encoding="gbk", newline="")
+        reader = csv.reader(line for line in text if line.strip() and not line.startswith("#"))
+        header = [cell.strip() for cell in next(reader)]
+        for cells in reader:
+            row = dict(zip(header, (cell.strip() for cell in cells), strict=True))
+            kind = BILL_KINDS.get(row["业务类型"])
+            if kind is None:
+                continue
+            yield BillRow(
                 kind=kind,
                 out_trade_no=row["商户订单号"],
                 # Refund rows carry negative amounts; our rows are positive with a kind.
@@ -138,9 +145,10 @@ def parse_bill(content: bytes) -> list[BillRow]:
                 channel_trade_no=row["支付宝交易号"] or None,
                 out_refund_no=(row["退款批次号/请求号"] or None) if kind == "refund" else None,
                 completed_at=signing.parse_time(row["完成时间"]),
+                # Alipay prints the service fee charged as a negative number (and a refund's fee given back
+                # as a positive one); ours is positive when charged.
+                fee=-fee_from_major(row.get("服务费（元）", ""), "CNY"),
             )
-        )
-    return rows
 
 
 class AlipayChannel(Channel):
@@ -310,20 +318,23 @@ class AlipayChannel(Channel):
         except (KeyError, ValueError) as exc:
             raise _malformed(f"refund {exc}") from None
 
-    def download_bill(self, *, day: dt.date) -> list[BillRow]:
+    def download_bill(self, *, day: dt.date) -> BillFile:
         biz = {"bill_type": "trade", "bill_date": day.isoformat()}
         _, data = self._call("alipay.data.dataservice.bill.downloadurl.query", biz)
         url = data.get("bill_download_url")
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise _malformed("no bill_download_url")
         # The file itself is not signed; its URL came in a signed answer and is good for 30 seconds.
-        response = send(self.client, self.client.build_request("GET", url))
-        if response.status_code != 200:
-            raise Retryable(f"bill download answered HTTP {response.status_code}", code="bill_unavailable")
+        answer = download(self.client, self.client.build_request("GET", url))
+        if answer.status_code != 200:
+            answer.file.close()
+            raise Retryable(f"bill download answered HTTP {answer.status_code}", code="bill_unavailable")
         try:
-            return parse_bill(response.content)
-        except (zipfile.BadZipFile, UnicodeDecodeError, KeyError, ValueError, StopIteration) as exc:
-            raise Retryable(f"bill unreadable: {type(exc).__name__}", code="bill_malformed") from None
+            zipfile.ZipFile(answer.file).close()  # a truncated or garbled download is caught here, not midway
+        except zipfile.BadZipFile:
+            answer.file.close()
+            raise Retryable("bill unreadable: BadZipFile", code="bill_malformed") from None
+        return BillFile(answer.file, parse_bill)
 
     # -- notifications ---------------------------------------------------------------------------------
 

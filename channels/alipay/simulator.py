@@ -56,6 +56,7 @@ from channels.simulator import (
     Notification,
     Request,
     Response,
+    added_row_time,
     rfc3339,
     run_forever,
 )
@@ -657,9 +658,12 @@ class AlipaySimulator(ChannelSimulator):
         def row(trade_no: str, out_trade_no: str, kind: str, subject: str, created: str, done: float, amount: int,
                 request_no: str = "", remark: str = "") -> None:
             money = to_major(amount, "CNY")
+            # The service fee (0.6%, to the fen, half up): charged on a payment (printed negative), given back
+            # in proportion on a refund.
+            fee = ((abs(amount) * 6 + 500) // 1000) * (-1 if amount > 0 else 1)
             rows.append((done, [trade_no, out_trade_no, kind, subject, created, _cst(done), "", "", "", "",
                                 "", money, money, "0.00", "0.00", "0.00", "0.00", "0.00", "", "0.00", "0.00",
-                                request_no, "0.00", "0.00", remark]))
+                                request_no, to_major(fee, "CNY"), "0.00", remark]))
 
         with self.lock:
             adjustment = self.bill_adjustments.get(day.isoformat())
@@ -675,9 +679,9 @@ class AlipaySimulator(ChannelSimulator):
                     if _day(refund.at) == day.isoformat():
                         row(trade.trade_no, trade.out_trade_no, "退款", trade.subject, _cst(trade.scanned_at),
                             refund.at, -refund.amount, refund.out_request_no)
-            noon = dt.datetime.combine(day, dt.time(12), signing.CST).timestamp()
             for extra in adjustment.add if adjustment else []:
-                row(f"{day:%Y%m%d}22001" + _digits(15), extra["out_trade_no"], "交易", "", _cst(noon), noon,
+                at = added_row_time(extra, day.isoformat(), signing.CST)
+                row(f"{day:%Y%m%d}22001" + _digits(15), extra["out_trade_no"], "交易", "", _cst(at), at,
                     extra["amount"], remark=str(extra.get("status", "")))
         return [cells for _, cells in sorted(rows, key=lambda r: r[0])]
 

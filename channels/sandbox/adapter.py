@@ -7,12 +7,13 @@ import datetime as dt
 import io
 import json
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import IO, Any
 
 import httpx
 
 from channels.base import (
+    BillFile,
     BillRow,
     Channel,
     InvalidNotification,
@@ -25,8 +26,9 @@ from channels.base import (
     TradeResult,
     TradeStatus,
     UnknownOutcome,
+    file_digest,
 )
-from channels.http import Timeouts, new_client, send
+from channels.http import Timeouts, download, new_client, send
 from channels.sandbox import signing
 
 # The sandbox's error codes → (our outcome kind, our failure code). The only place that reads them.
@@ -97,20 +99,41 @@ def _refund(data: Mapping[str, Any]) -> RefundResult:
     )
 
 
+def _bill_rows(file: IO[bytes]) -> Iterator[BillRow]:
+    text = io.TextIOWrapper(file, encoding="utf-8", newline="")
+    try:
+        for row in csv.DictReader(text):
+            yield BillRow(
+                kind=row["type"],
+                out_trade_no=row["out_trade_no"],
+                amount=int(row["amount"]),
+                currency=row["currency"],
+                status=(TRADE_STATUSES if row["type"] == "payment" else REFUND_STATUSES)[row["status"]].value,
+                channel_trade_no=row["trade_no"] or None,
+                out_refund_no=row["out_refund_no"] or None,
+                channel_refund_no=row["refund_no"] or None,
+                completed_at=_time(row["completed_at"]),
+            )
+    finally:
+        text.detach()  # the BillFile owns the file
+
+
 class SandboxChannel(Channel):
     name = "sandbox"
     currencies = frozenset({"CNY", "USD", "EUR", "JPY"})
 
-    def __init__(self, *, api_base: str, merchant_id: str, secret: str, timeouts: Timeouts) -> None:
+    def __init__(
+        self, *, api_base: str, merchant_id: str, secret: str, timeouts: Timeouts, bill_timezone: str = "UTC"
+    ) -> None:
         self.api_base = api_base.rstrip("/")
         self.merchant_id = merchant_id
         self.secret = secret
         self.client = new_client(timeouts)
+        self.bill_timezone = bill_timezone  # the simulator's SANDBOX_BILL_TIMEZONE: both sides must agree
 
     # -- transport -------------------------------------------------------------------------------------
 
-    def _call(self, method: str, path: str, payload: Mapping[str, Any] | None = None) -> tuple[int, Any]:
-        """Send a signed request; return (status, verified JSON or text) or raise an outcome error."""
+    def _signed(self, method: str, path: str, payload: Mapping[str, Any] | None = None) -> httpx.Request:
         body = json.dumps(payload, separators=(",", ":")).encode() if payload is not None else b""
         timestamp = str(int(time.time()))
         headers = {
@@ -120,8 +143,11 @@ class SandboxChannel(Channel):
         }
         if payload is not None:
             headers["Content-Type"] = "application/json"
-        request = self.client.build_request(method, self.api_base + path, content=body, headers=headers)
-        response = send(self.client, request)
+        return self.client.build_request(method, self.api_base + path, content=body, headers=headers)
+
+    def _call(self, method: str, path: str, payload: Mapping[str, Any] | None = None) -> tuple[int, Any]:
+        """Send a signed request; return (status, verified JSON or text) or raise an outcome error."""
+        response = send(self.client, self._signed(method, path, payload))
         self._verify_answer(response)
         if response.headers.get("content-type", "").startswith("application/json"):
             return response.status_code, response.json()
@@ -198,26 +224,24 @@ class SandboxChannel(Channel):
         code, data = self._json("GET", f"/v1/refunds/{out_refund_no}", allow=frozenset({"REFUND_NOT_FOUND"}))
         return RefundResult(out_refund_no, RefundStatus.NOT_FOUND) if code else _refund(data)
 
-    def download_bill(self, *, day: dt.date) -> list[BillRow]:
-        status, text = self._call("GET", f"/v1/bills/{day.isoformat()}")
-        if status >= 400:
-            raise Retryable(f"bill not available ({status})", code="bill_unavailable")
-        rows = []
-        for row in csv.DictReader(io.StringIO(text)):
-            rows.append(
-                BillRow(
-                    kind=row["type"],
-                    out_trade_no=row["out_trade_no"],
-                    amount=int(row["amount"]),
-                    currency=row["currency"],
-                    status=(TRADE_STATUSES if row["type"] == "payment" else REFUND_STATUSES)[row["status"]].value,
-                    channel_trade_no=row["trade_no"] or None,
-                    out_refund_no=row["out_refund_no"] or None,
-                    channel_refund_no=row["refund_no"] or None,
-                    completed_at=_time(row["completed_at"]),
-                )
-            )
-        return rows
+    def download_bill(self, *, day: dt.date) -> BillFile:
+        """The day's bill (``day`` in ``bill_timezone``), streamed to a spool and verified before any row is read."""
+        answer = download(self.client, self._signed("GET", f"/v1/bills/{day.isoformat()}"))
+        if answer.status_code in (401, 429) or answer.status_code >= 500:
+            body = answer.small_body()
+            answer.file.close()
+            raise _error(answer.status_code, _error_code(body), answer.headers.get("Retry-After"))
+        timestamp = answer.headers.get(signing.TIMESTAMP_HEADER, "")
+        expected = file_digest(answer.file, lambda: signing.message_mac(self.secret, timestamp))
+        if not signing.timestamp_fresh(timestamp) or not signing.signatures_equal(
+            expected, answer.headers.get(signing.SIGNATURE_HEADER)
+        ):
+            answer.file.close()
+            raise UnknownOutcome("channel answer failed signature verification", code="bad_channel_signature")
+        if answer.status_code >= 400:
+            answer.file.close()
+            raise Retryable(f"bill not available ({answer.status_code})", code="bill_unavailable")
+        return BillFile(answer.file, _bill_rows)
 
     # -- notifications ---------------------------------------------------------------------------------
 

@@ -29,6 +29,11 @@ def sign_message(secret: str, timestamp: str, body: bytes) -> str:
     return _hmac(secret, f"{timestamp}\n".encode() + body)
 
 
+def message_mac(secret: str, timestamp: str) -> hmac.HMAC:
+    """``sign_message`` for a body read in pieces (a bill spooled to disk): update with the body, then hexdigest."""
+    return hmac.new(secret.encode(), f"{timestamp}\n".encode(), hashlib.sha256)
+
+
 def timestamp_fresh(timestamp: str, now: float | None = None) -> bool:
     try:
         ts = int(timestamp)

@@ -32,7 +32,16 @@ from channels.sandbox.signing import (
     signatures_equal,
     timestamp_fresh,
 )
-from channels.simulator import BadRequest, ChannelSimulator, Notification, Request, Response, rfc3339, run_forever
+from channels.simulator import (
+    BadRequest,
+    ChannelSimulator,
+    Notification,
+    Request,
+    Response,
+    added_row_time,
+    rfc3339,
+    run_forever,
+)
 
 DEFAULT_PORT = 8101
 RETRY_SCHEDULE = (15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
@@ -89,8 +98,12 @@ def _time(t: float | None) -> str | None:
     return rfc3339(t) if t is not None else None
 
 
-def _day(t: float) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(t))
+def _zone(name: str) -> Any:
+    if name in ("UTC", "Etc/UTC"):
+        return UTC
+    from zoneinfo import ZoneInfo
+
+    return ZoneInfo(name)
 
 
 def _parse_time(value: Any) -> float | None:
@@ -137,8 +150,11 @@ class SandboxSimulator(ChannelSimulator):
         port: int = DEFAULT_PORT,
         public_base_url: str | None = None,
         notify_hosts: Iterable[str] = (),
+        bill_timezone: str = "UTC",
     ) -> None:
         super().__init__(host, port, public_base_url, notify_hosts)
+        # Bills cover calendar days of this zone (UTC unless configured: SANDBOX_BILL_TIMEZONE).
+        self.bill_zone = _zone(bill_timezone)
         self.accounts: dict[str, str] = dict(accounts or {})
         self.trades: dict[str, Trade] = {}
         self.refunds: dict[str, Refund] = {}
@@ -401,6 +417,9 @@ class SandboxSimulator(ChannelSimulator):
                 return self._error(merchant_id, 404, "REFUND_NOT_FOUND", "no such refund")
             return self._answer(merchant_id, self._refund_json(refund))
 
+    def _day(self, t: float) -> str:
+        return datetime.fromtimestamp(t, self.bill_zone).date().isoformat()
+
     def _bill(self, req: Request, merchant_id: str, day: str) -> Response:
         try:
             if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", day):
@@ -413,7 +432,7 @@ class SandboxSimulator(ChannelSimulator):
             for trade in self.trades.values():
                 if trade.merchant_id != merchant_id:
                     continue
-                if trade.paid_at is not None and _day(trade.paid_at) == day:
+                if trade.paid_at is not None and self._day(trade.paid_at) == day:
                     rows.append(
                         {
                             "type": "payment",
@@ -426,7 +445,7 @@ class SandboxSimulator(ChannelSimulator):
                         }
                     )
                 for refund in trade.refunds:
-                    if refund.succeeded_at is not None and _day(refund.succeeded_at) == day:
+                    if refund.succeeded_at is not None and self._day(refund.succeeded_at) == day:
                         rows.append(
                             {
                                 "type": "refund",
@@ -454,8 +473,8 @@ class SandboxSimulator(ChannelSimulator):
                             "trade_no": f"sbx_t_adj_{extra['out_trade_no']}",
                             "currency": "CNY",
                             "status": "SUCCEEDED",
-                            "completed_at": f"{day}T12:00:00Z",
                             **{k: v for k, v in extra.items() if k in BILL_COLUMNS},
+                            "completed_at": _time(added_row_time(extra, day, self.bill_zone)),
                         }
                     )
         rows.sort(key=lambda r: str(r.get("completed_at")))

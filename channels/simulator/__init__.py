@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .core import BadRequest, BillAdjustment, ChannelSimulator, Request, Response, run_forever
+from .core import BadRequest, BillAdjustment, ChannelSimulator, Request, Response, added_row_time, run_forever
 from .faults import Clock, Fault, FaultBook
 from .notifier import Notification, Notifier, rfc3339
 
@@ -17,6 +17,7 @@ __all__ = [
     "Notifier",
     "Request",
     "Response",
+    "added_row_time",
     "rfc3339",
     "run_forever",
 ]

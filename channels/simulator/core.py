@@ -7,6 +7,7 @@ Django, nothing from `payments/` or `reconciliation/`: a simulator is the channe
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import re
@@ -105,6 +106,21 @@ class BillAdjustment:
     drop: set[str] = field(default_factory=set)
     amount: dict[str, int] = field(default_factory=dict)
     add: list[dict[str, Any]] = field(default_factory=list)
+
+
+def added_row_time(extra: dict[str, Any], day: str, zone: dt.tzinfo) -> float:
+    """When a row added to a bill by ``/_sim/bills/<day>/adjust`` happened: its optional ``"at"`` (RFC 3339, e.g.
+    a second before midnight, to test the business day's edges), else noon of the bill's day in its zone."""
+    if extra.get("at"):
+        return dt.datetime.fromisoformat(str(extra["at"]).replace("Z", "+00:00")).timestamp()
+    return dt.datetime.combine(dt.date.fromisoformat(day), dt.time(12), zone).timestamp()
+
+
+def _aware_time(value: Any) -> bool:
+    try:
+        return isinstance(value, str) and dt.datetime.fromisoformat(value.replace("Z", "+00:00")).tzinfo is not None
+    except ValueError:
+        return False
 
 
 class ChannelSimulator:
@@ -312,6 +328,7 @@ class ChannelSimulator:
                 and isinstance(add, list)
                 and all(
                     isinstance(r, dict) and isinstance(r.get("out_trade_no"), str) and type(r.get("amount")) is int
+                    and (r.get("at") is None or _aware_time(r["at"]))
                     for r in add
                 )
             )
@@ -319,7 +336,8 @@ class ChannelSimulator:
             ok = False
         if not ok:
             return sim_error(
-                400, 'expected {"drop": [str], "amount": {str: int}, "add": [{"out_trade_no", "amount", "status"}]}'
+                400,
+                'expected {"drop": [str], "amount": {str: int}, "add": [{"out_trade_no", "amount", "status", "at"}]}',
             )
         with self.lock:
             adjustment = self.bill_adjustments.setdefault(day, BillAdjustment())

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import hashlib
 import io
 import json
-from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterator, Mapping
+from typing import IO, Any, TypeVar
 from urllib.parse import quote
 
 import httpx
 
 from channels.base import (
     CHINA_TIME,
+    BillFile,
+    BillNotReady,
     BillRow,
     Channel,
     ChannelError,
@@ -34,9 +35,10 @@ from channels.base import (
     TradeResult,
     TradeStatus,
     UnknownOutcome,
+    file_digest,
 )
-from channels.http import Timeouts, new_client, send
-from channels.money import from_major
+from channels.http import Download, Timeouts, download, new_client, send
+from channels.money import fee_from_major, from_major
 from channels.wechatpay import signing
 
 SHANGHAI = CHINA_TIME  # the channel's times and bill days
@@ -60,7 +62,9 @@ ERROR_CODES: dict[str, tuple[type[ChannelError], str]] = {
     "RESOURCE_NOT_EXISTS": (Refused, "not_found"),  # refunds: no such trade or refund
     "FREQUENCY_LIMITED": (Retryable, "channel_rate_limited"),
     "SYSTEM_ERROR": (Retryable, "channel_system_error"),
-    "STATEMENT_CREATING": (Retryable, "bill_not_ready"),
+    "STATEMENT_CREATING": (BillNotReady, "bill_creating"),  # the bill is being generated
+    # No bill (yet): before about 10:00 the next day, or a day without trades (which never gets one).
+    "NO_STATEMENT_EXIST": (BillNotReady, "bill_not_found"),
 }
 
 TRADE_STATES = {
@@ -138,30 +142,35 @@ def _refund(data: Mapping[str, Any], state: str) -> RefundResult:
     )
 
 
-def _bill_rows(text: str) -> list[BillRow]:
-    """The detail rows of a trade bill: a header, rows whose fields start with a backtick, then a summary."""
-    reader = csv.reader(io.StringIO(text.lstrip("\ufeff")))
-    header = next(reader, [])
-    rows = []
-    for fields in reader:
-        if not fields:
-            continue
-        if fields[0] == BILL_SUMMARY_FIRST:
-            break
-        values = dict(zip(header, (f.removeprefix("`") for f in fields), strict=False))
-        currency, refund = values["货币种类"], values["交易状态"] == "REFUND"
-        rows.append(BillRow(
-            kind="refund" if refund else "payment",
-            out_trade_no=values["商户订单号"],
-            amount=from_major(values["申请退款金额" if refund else "订单金额"], currency),
-            currency=currency,
-            status=(REFUND_STATES[values["退款状态"]][0] if refund else TRADE_STATES[values["交易状态"]]).value,
-            channel_trade_no=values["微信订单号"] or None,
-            out_refund_no=values["商户退款单号"] if refund else None,
-            channel_refund_no=values["微信退款单号"] if refund else None,
-            completed_at=dt.datetime.strptime(values["交易时间"], "%Y-%m-%d %H:%M:%S").replace(tzinfo=SHANGHAI),
-        ))
-    return rows
+def _bill_rows(file: IO[bytes]) -> Iterator[BillRow]:
+    """The detail rows of a trade bill, read one at a time: a header, rows whose fields start with a backtick,
+    then a summary."""
+    text = io.TextIOWrapper(file, encoding="utf-8-sig", newline="")
+    try:
+        reader = csv.reader(text)
+        header = next(reader, [])
+        for fields in reader:
+            if not fields:
+                continue
+            if fields[0] == BILL_SUMMARY_FIRST:
+                break
+            values = dict(zip(header, (f.removeprefix("`") for f in fields), strict=False))
+            currency, refund = values["货币种类"], values["交易状态"] == "REFUND"
+            yield BillRow(
+                kind="refund" if refund else "payment",
+                out_trade_no=values["商户订单号"],
+                amount=from_major(values["申请退款金额" if refund else "订单金额"], currency),
+                currency=currency,
+                status=(REFUND_STATES[values["退款状态"]][0] if refund else TRADE_STATES[values["交易状态"]]).value,
+                channel_trade_no=values["微信订单号"] or None,
+                out_refund_no=values["商户退款单号"] if refund else None,
+                channel_refund_no=values["微信退款单号"] if refund else None,
+                completed_at=dt.datetime.strptime(values["交易时间"], "%Y-%m-%d %H:%M:%S").replace(tzinfo=SHANGHAI),
+                # Charged on a payment, given back (negative) on a refund; printed to 1/1000 fen.
+                fee=fee_from_major(values.get("手续费", ""), currency),
+            )
+    finally:
+        text.detach()  # the BillFile owns the file
 
 
 class WechatPayChannel(Channel):
@@ -195,7 +204,7 @@ class WechatPayChannel(Channel):
 
     # -- transport -------------------------------------------------------------------------------------
 
-    def _send(self, method: str, url: str, payload: Mapping[str, Any] | None = None) -> httpx.Response:
+    def _signed(self, method: str, url: str, payload: Mapping[str, Any] | None = None) -> httpx.Request:
         body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() if payload is not None else b""
         headers = {"Accept": "application/json"}
         if payload is not None:
@@ -207,7 +216,13 @@ class WechatPayChannel(Channel):
             mchid=self.mchid, serial_no=self.merchant_serial_no, key=self.merchant_key, method=method,
             url=request.url.raw_path.decode(), body=body,
         )
-        return send(self.client, request)
+        return request
+
+    def _send(self, method: str, url: str, payload: Mapping[str, Any] | None = None) -> httpx.Response:
+        return send(self.client, self._signed(method, url, payload))
+
+    def _download(self, url: str) -> Download:
+        return download(self.client, self._signed("GET", url))
 
     def _json(
         self, method: str, path: str, payload: Mapping[str, Any] | None = None, *, allow: frozenset[str] = frozenset()
@@ -306,25 +321,21 @@ class WechatPayChannel(Channel):
             return RefundResult(out_refund_no, RefundStatus.NOT_FOUND)
         return self._parse(lambda d: _refund(d, d["status"]), data)
 
-    def download_bill(self, *, day: dt.date) -> list[BillRow]:
-        """The day's trade bill (``day`` in Asia/Shanghai). A day without trades has no bill: no rows."""
-        code, data = self._json("GET", f"/v3/bill/tradebill?bill_date={day.isoformat()}&bill_type=ALL",
-                                allow=frozenset({"NO_STATEMENT_EXIST"}))
-        if code:
-            return []
+    def download_bill(self, *, day: dt.date) -> BillFile:
+        """The day's trade bill (``day`` in Asia/Shanghai); ``BillNotReady`` until WeChat Pay has made it."""
+        data = self._json("GET", f"/v3/bill/tradebill?bill_date={day.isoformat()}&bill_type=ALL")[1]
         hash_type, hash_value, url = (data.get(k) for k in ("hash_type", "hash_value", "download_url"))
         if hash_type != "SHA1" or not hash_value or not url:
             raise UnknownOutcome("bill answer without a SHA1 hash or a download_url", code="bad_channel_answer")
         # The file itself is not signed: the SHA1 from the signed answer above vouches for it.
-        response = self._send("GET", str(url))
-        if response.status_code != 200:
-            raise Retryable(f"bill download failed ({response.status_code})", code="bill_unavailable")
-        if hashlib.sha1(response.content).hexdigest() != str(hash_value).lower():
+        answer = self._download(str(url))
+        if answer.status_code != 200:
+            answer.file.close()
+            raise Retryable(f"bill download failed ({answer.status_code})", code="bill_unavailable")
+        if file_digest(answer.file) != str(hash_value).lower():
+            answer.file.close()
             raise Retryable("bill download does not match its hash", code="bill_hash_mismatch")
-        try:
-            return _bill_rows(response.content.decode("utf-8"))
-        except (KeyError, ValueError, StopIteration) as exc:
-            raise Retryable(f"bill file is malformed ({exc!r})", code="bill_malformed") from exc
+        return BillFile(answer.file, _bill_rows)
 
     # -- notifications ---------------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ Where the real channel cannot be copied, this is what it does instead:
 - The `refuse` fault answers `403 NOT_ENOUGH` (the merchant's balance) to refunds and `403 TRADE_ERROR` otherwise.
 - Closing a paid trade answers `403 TRADE_ERROR`; an unpaid trade past its `time_expire` reads `CLOSED`.
 - Numbers are unique across the whole simulator (the payer page names no merchant); another merchant's trade
-  reads as not found. Bills are made on demand, never "not ready".
+  reads as not found. Bills are made on demand; a day to come answers NO_STATEMENT_EXIST.
 """
 
 from __future__ import annotations
@@ -50,7 +50,15 @@ from urllib.parse import quote
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from channels.money import to_major
-from channels.simulator import BadRequest, ChannelSimulator, Notification, Request, Response, run_forever
+from channels.simulator import (
+    BadRequest,
+    ChannelSimulator,
+    Notification,
+    Request,
+    Response,
+    added_row_time,
+    run_forever,
+)
 from channels.wechatpay import signing
 
 DEFAULT_PORT = 8103
@@ -552,6 +560,10 @@ class WechatPaySimulator(ChannelSimulator):
             return self._error(account, 400, "PARAM_ERROR", "参数错误: bill_date 格式为 YYYY-MM-DD")
         if bill_type not in ("ALL", "SUCCESS", "REFUND") or query.get("tar_type", "GZIP") != "GZIP":
             return self._error(account, 400, "PARAM_ERROR", "参数错误: bill_type 或 tar_type")
+        # Unlike WeChat Pay, today's bill (so far) is served too, so that tests need not wait for tomorrow; a
+        # day to come has none yet.
+        if day > datetime.now(SHANGHAI).date().isoformat():
+            return self._error(account, 400, "NO_STATEMENT_EXIST", "账单不存在")
         content = self._bill_file(account, day, bill_type)
         token = secrets.token_urlsafe(24)
         # The hash is of the bill itself; asked for GZIP, the download is compressed.
@@ -612,7 +624,7 @@ class WechatPaySimulator(ChannelSimulator):
                 for extra in adjustment.add:
                     fake = Trade(account, extra["out_trade_no"], "", "", extra["amount"], "CNY", "", "", None, 0.0)
                     rows.append(payment(fake, extra["amount"], str(extra.get("status") or "SUCCESS"),
-                                        f"{day} 12:00:00", "4200" + _digits(24)))
+                                        when(added_row_time(extra, day, SHANGHAI)), "4200" + _digits(24)))
         rows.sort(key=lambda r: r["at"])
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\r\n")

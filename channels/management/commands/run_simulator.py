@@ -20,7 +20,9 @@ def _sandbox(host: str, port: int, public_base_url: str | None) -> ChannelSimula
     account = {
         getattr(settings, "SANDBOX_MERCHANT_ID", "sbx_m_dev"): getattr(settings, "SANDBOX_SECRET", "dev-sandbox-secret")
     }
-    return SandboxSimulator(account, host, port, public_base_url)
+    return SandboxSimulator(
+        account, host, port, public_base_url, bill_timezone=getattr(settings, "SANDBOX_BILL_TIMEZONE", "UTC")
+    )
 
 
 def _alipay(host: str, port: int, public_base_url: str | None) -> ChannelSimulator:
