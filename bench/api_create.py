@@ -131,9 +131,12 @@ def load(target: Target, seconds: float, max_requests: int, record: bool) -> Non
 
     def client() -> None:
         conn = http.client.HTTPConnection("127.0.0.1", target.port, timeout=30)
-        latencies, ok, errors = [], 0, {}
+        latencies: list[float] = []
+        ok = 0
+        errors: dict[str, int] = {}
         while time.perf_counter() < deadline and next(budget) < max_requests:
             start = time.perf_counter()
+            status: int | str  # the HTTP status, or the name of the exception that came instead
             try:
                 status = send(conn, target)
             except (OSError, http.client.HTTPException) as exc:

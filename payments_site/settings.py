@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
@@ -175,7 +176,7 @@ LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 LOG_SAMPLE_RATE = env.float("LOG_SAMPLE_RATE", default=1.0)
 LOG_SAMPLE_LOAD_TIERS = env.str("LOG_SAMPLE_LOAD_TIERS", default="60:0.5,80:0.1")
 LOG_SAMPLE_BUSY_LINES_PER_S = env.float("LOG_SAMPLE_BUSY_LINES_PER_S", default=1000.0)
-LOGGING = {
+LOGGING: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
     "filters": {

@@ -104,8 +104,8 @@ def signed_request(account: dict[str, str], **changes: str | None) -> dict[str, 
     params = {"app_id": account["app_id"], "method": "alipay.trade.query", "charset": "utf-8", "sign_type": "RSA2",
               "timestamp": time.strftime("%Y-%m-%d %H:%M:%S"), "version": "1.0", "biz_content": '{"out_trade_no":"x"}'}
     params["sign"] = signing.sign(signing.load_private_key(account["app_private_key"]), signing.canonical(params))
-    params.update(changes)
-    return {k: v for k, v in params.items() if v is not None}
+    changed: dict[str, str | None] = {**params, **changes}
+    return {k: v for k, v in changed.items() if v is not None}
 
 
 @pytest.mark.parametrize(

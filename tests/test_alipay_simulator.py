@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl, quote_plus
 import httpx
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from channels.alipay import simulator as alipay_simulator
 from channels.alipay.simulator import RETRY_SCHEDULE, AlipaySimulator
@@ -37,15 +37,17 @@ class DocClient:
 
     def __init__(self, base_url: str, account: dict[str, str], charset: str = "utf-8") -> None:
         self.url, self.account, self.charset = f"{base_url}/gateway.do", account, charset
-        self.private_key = serialization.load_pem_private_key(account["app_private_key"].encode(), None)
-        self.alipay_key = serialization.load_pem_public_key(account["alipay_public_key"].encode())
+        private_key = serialization.load_pem_private_key(account["app_private_key"].encode(), None)
+        alipay_key = serialization.load_pem_public_key(account["alipay_public_key"].encode())
+        assert isinstance(private_key, rsa.RSAPrivateKey) and isinstance(alipay_key, rsa.RSAPublicKey)
+        self.private_key, self.alipay_key = private_key, alipay_key
 
     def params(self, method: str, biz: dict[str, Any], **extra: str) -> dict[str, str]:
         params = {"app_id": self.account["app_id"], "method": method, "format": "JSON", "charset": self.charset,
                   "sign_type": "RSA2", "timestamp": time.strftime("%Y-%m-%d %H:%M:%S"), "version": "1.0",
                   "biz_content": json.dumps(biz, ensure_ascii=False), **extra}
         unsigned = "&".join(f"{k}={v}" for k, v in sorted(params.items()) if v)
-        signature = self.private_key.sign(unsigned.encode(self.charset), padding.PKCS1v15(), hashes.SHA256())  # type: ignore[union-attr,call-arg]
+        signature = self.private_key.sign(unsigned.encode(self.charset), padding.PKCS1v15(), hashes.SHA256())
         return {**params, "sign": base64.b64encode(signature).decode()}
 
     def call(self, method: str, biz: dict[str, Any], style: str = "sdk", **extra: str) -> dict[str, Any]:
@@ -66,7 +68,7 @@ class DocClient:
         assert begin and signs, text
         content = text[begin.end() - 1: signs[-1].start() + 1]
         signature = text[signs[-1].end(): text.find('"', signs[-1].end())]
-        self.alipay_key.verify(base64.b64decode(signature), content.encode(self.charset), padding.PKCS1v15(),  # type: ignore[union-attr,call-arg]
+        self.alipay_key.verify(base64.b64decode(signature), content.encode(self.charset), padding.PKCS1v15(),
                                hashes.SHA256())
         return json.loads(content)
 
@@ -75,7 +77,7 @@ class DocClient:
         signature = base64.b64decode(params.pop("sign"))
         params.pop("sign_type")
         unsigned = "&".join(f"{k}={v}" for k, v in sorted(params.items()))
-        self.alipay_key.verify(signature, unsigned.encode(), padding.PKCS1v15(), hashes.SHA256())  # type: ignore[union-attr,call-arg]
+        self.alipay_key.verify(signature, unsigned.encode(), padding.PKCS1v15(), hashes.SHA256())
         return params
 
 

@@ -145,6 +145,7 @@ def test_a_high_limit_is_counted_in_leases_and_never_exceeded(merchant_a, client
 
     answers = [client_a.get(ORDERS).status_code for _ in range(20)]
     assert answers == [200] * 20
-    assert int(auth._redis().get(counter)) == 20  # two round trips to Redis, not twenty
+    count = auth._redis().get(counter)
+    assert count is not None and int(count) == 20  # two round trips to Redis, not twenty
     assert_api_error(client_a.get(ORDERS), 429, "rate_limit_error", "rate_limited")
     auth._redis().delete(counter)

@@ -126,4 +126,5 @@ def test_the_stdout_handler_samples_before_it_adds_context() -> None:
     handler = logging.getLogger().handlers[0]
     kinds = [type(f).__name__ for f in handler.filters]
     assert kinds == ["SamplingFilter", "ContextFilter"]
-    assert handler.filters[0].rate == settings.LOG_SAMPLE_RATE
+    sampling = handler.filters[0]
+    assert isinstance(sampling, SamplingFilter) and sampling.rate == settings.LOG_SAMPLE_RATE

@@ -26,6 +26,7 @@ class CapturingTransport(Transport):
     def capture_envelope(self, envelope: Envelope) -> None:
         for item in envelope.items:
             if item.type == "event":
+                assert item.payload.json is not None
                 self.events.append(item.payload.json)
 
 
@@ -91,6 +92,7 @@ def test_before_send_scrubs_keys_signatures_authorization_and_notification_bodie
         "extra": {"api_key": "sk_live_xyz", "order_id": "ord_1"},
     }
     cleaned = before_send(event, {})
+    assert cleaned is not None
     sent = json.dumps(cleaned)
     for secret in ("sk_test_abc", "sk_live_xyz", "whsec_c2VjcmV0", "deadbeef", "c2ln", "s3cr3t", "sign=abc",
                    "trade"):

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from channels.base import BillNotReady, RefundStatus, Refused, Retryable, TradeStatus, UnknownOutcome
+from channels.base import BillNotReady, ChannelError, RefundStatus, Refused, Retryable, TradeStatus, UnknownOutcome
 from channels.http import Timeouts
 from channels.wechatpay import signing
 from channels.wechatpay.adapter import ERROR_CODES, SHANGHAI, WechatPayChannel
@@ -138,7 +138,7 @@ def test_refund_is_processing_then_succeeds(channel: WechatPayChannel) -> None:
 # -- every mapped error code, produced by the simulator --------------------------------------------------------
 
 
-def expect(kind: type[Exception], code: str, call: Callable[[], Any]) -> None:
+def expect(kind: type[ChannelError], code: str, call: Callable[[], Any]) -> None:
     with pytest.raises(kind) as raised:
         call()
     assert type(raised.value) is kind and raised.value.code == code
@@ -181,7 +181,7 @@ def test_error_codes_from_inputs(channel: WechatPayChannel, sim: WechatPaySimula
     ],
 )
 def test_faults_map_to_outcome_kinds(
-    channel: WechatPayChannel, sim: WechatPaySimulator, operation: str, mode: str, kind: type[Exception], code: str
+    channel: WechatPayChannel, sim: WechatPaySimulator, operation: str, mode: str, kind: type[ChannelError], code: str
 ) -> None:
     paid_trade(channel)
     calls: dict[str, Callable[[], Any]] = {
@@ -263,12 +263,20 @@ def test_bill_download_is_parsed_into_rows_with_the_hash_checked(
 # -- answers the simulator never gives: a fake gateway signs whatever it is told to -----------------------------
 
 
+Answer = tuple[int, bytes, dict[str, str]]
+
+
+def answering(answer: Answer) -> Callable[[str], Answer]:
+    """A ``FakeGateway.answer`` that gives the same answer to every request."""
+    return lambda path: answer
+
+
 class FakeGateway:
     """Answers every request with ``self.answer(path) -> (status, body, headers)``, signed by ``self.key``."""
 
     def __init__(self, key: rsa.RSAPrivateKey, key_id: str) -> None:
         self.key, self.key_id = key, key_id
-        self.answer: Callable[[str], tuple[int, bytes, dict[str, str]]] = lambda path: (200, b"{}", {})
+        self.answer: Callable[[str], Answer] = lambda path: (200, b"{}", {})
         gateway = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -326,7 +334,7 @@ def test_answers_failing_verification_are_unknown_outcomes(gateway: FakeGateway,
         gateway.signed(403, {"code": "OUT_TRADE_NO_USED", "message": "x"}, key=wrong),  # a forged refusal
     ]
     for liar in liars:
-        gateway.answer = lambda path, liar=liar: liar
+        gateway.answer = answering(liar)
         expect(UnknownOutcome, "bad_channel_signature", lambda: channel.query_trade(out_trade_no="ord_wx_adapter1"))
     gateway.answer = lambda path: good
     assert channel.query_trade(out_trade_no="ord_wx_adapter1").status == TradeStatus.SUCCEEDED
@@ -336,7 +344,7 @@ def test_unsigned_errors_can_only_mean_try_again(gateway: FakeGateway, account: 
     channel = make_channel(gateway.base_url, account)
     for status, code in ((500, "TRADE_ERROR"), (401, "OUT_TRADE_NO_USED"), (429, "")):
         body = json.dumps({"code": code, "message": "unsigned"}).encode()
-        gateway.answer = lambda path, status=status, body=body: (status, body, {"Content-Type": "application/json"})
+        gateway.answer = answering((status, body, {"Content-Type": "application/json"}))
         with pytest.raises(Retryable):
             channel.query_trade(out_trade_no="ord_wx_adapter1")
     gateway.answer = lambda path: gateway.signed(400, {"code": "SOMETHING_NEW", "message": "?"})

@@ -16,6 +16,7 @@ from channels.base import (
     BillFile,
     BillRow,
     Channel,
+    ChannelError,
     InvalidNotification,
     Notification,
     NotificationReply,
@@ -32,7 +33,7 @@ from channels.http import Timeouts, download, new_client, send
 from channels.sandbox import signing
 
 # The sandbox's error codes → (our outcome kind, our failure code). The only place that reads them.
-ERROR_CODES: dict[str, tuple[type[Exception], str]] = {
+ERROR_CODES: dict[str, tuple[type[ChannelError], str]] = {
     "INVALID_REQUEST": (Refused, "invalid_request"),
     # Our own signature was refused: a configuration problem, not the payer's. Retrying keeps the order
     # visible as stuck instead of failing every merchant's orders.
@@ -63,7 +64,7 @@ def _error_code(body: bytes) -> str:
         return ""
 
 
-def _error(status: int, code: str, retry_after: str | None = None) -> Exception:
+def _error(status: int, code: str, retry_after: str | None = None) -> ChannelError:
     if status == 429:
         return Retryable("channel rate limited", code="channel_rate_limited", retry_after_s=float(retry_after or 1))
     if status >= 500:

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from io import TextIOBase
 from typing import Any, Self, TextIO
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -416,7 +417,7 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("%s simulator: " + format, self.server.simulator.name, *args)
 
 
-def run_forever(simulator: ChannelSimulator, out: TextIO) -> None:
+def run_forever(simulator: ChannelSimulator, out: TextIO | TextIOBase) -> None:
     """Serve until SIGTERM or SIGINT (how honcho and test fixtures stop a simulator), then stop cleanly."""
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}

@@ -162,6 +162,7 @@ def test_a_payment_notification_arriving_after_the_refunds_changes_nothing(alipa
     wait_until(lambda: ChannelNotification.objects.filter(order=order, state="processed").count() == 2,
                what="both notifications, out of order")
     first, second = ChannelNotification.objects.filter(order=order).order_by("id")
+    assert first.payload is not None and second.payload is not None
     assert first.payload["refund"] and second.payload["trade"]
     order.refresh_from_db()
     assert (order.status, order.amount_refunded) == ("partially_refunded", 300)
