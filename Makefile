@@ -10,12 +10,12 @@ export REDIS_URL ?= redis://127.0.0.1:6379/0
 export PUBLIC_BASE_URL ?= http://127.0.0.1:$(PORT)
 export WEB_PORT := $(PORT)
 
-.PHONY: run test check-alerts demo bench-api bench-api-ladder venv db migrate clean
+.PHONY: run test lint check-alerts demo bench-api bench-api-ladder venv db migrate clean
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
 	$(PY) -m pip check
 	touch $@
 
@@ -54,6 +54,12 @@ test: venv
 	DEBUG=0 SECRET_KEY=test-only-secret-key SANDBOX_SECRET=test-sandbox-secret REDIS_URL=redis://127.0.0.1:6379/15 \
 		$(PY) -m pytest $(PYTEST_ARGS)
 
+# Ruff, then mypy with the Django and DRF plugins (configured in pyproject.toml). The plugins load the
+# settings, which need DEBUG=1 or a SECRET_KEY.
+lint: venv
+	$(VENV)/bin/ruff check .
+	DEBUG=1 $(VENV)/bin/mypy .
+
 # The alert rules and their unit tests (promtool comes with Debian's prometheus package).
 check-alerts:
 	promtool check rules docker/prometheus/alerts.yml
@@ -71,4 +77,4 @@ bench-api-ladder: migrate
 	BENCH_LADDER=1 DEBUG=0 SECRET_KEY=bench-only-secret-key $(PY) bench/api_create.py
 
 clean:
-	rm -rf $(VENV) .dev .pytest_cache
+	rm -rf $(VENV) .dev .pytest_cache .mypy_cache .ruff_cache
