@@ -56,6 +56,14 @@ beat_schedule = {
     # Answers are kept at least IDEMPOTENCY_TTL_S (24 h); an hourly purge keeps the table small.
     "purge-idempotency-records": {"task": "payments.tasks.purge_idempotency_records", "schedule": 3600},
 }
+# Nightly reconciliation: each channel's previous business day, at RECONCILIATION_TIME of its bill zone.
+from django.conf import settings as _settings  # noqa: E402
+
+from reconciliation.schedule import daily_entries  # noqa: E402
+
+beat_schedule.update(daily_entries(_settings.RECONCILIATION_TIME, {
+    "alipay": "Asia/Shanghai", "wechatpay": "Asia/Shanghai", "sandbox": _settings.SANDBOX_BILL_TIMEZONE,
+}))
 
 # Publishing happens in the outbox dispatcher (payments/outbox.py) and the sweeps, never in a request: if
 # the broker is down, give up quickly (the sweeps re-enqueue from the database) so that the dispatcher keeps

@@ -35,6 +35,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "rest_framework.authtoken",  # finance's tokens for the reconciliation API
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "channels",
@@ -237,3 +238,18 @@ WORKER_METRICS_ADDR = env.str("WORKER_METRICS_ADDR", default="127.0.0.1")
 # in a row, and let a trial call through after the cool-down.
 CHANNEL_BREAKER_THRESHOLD = env.int("CHANNEL_BREAKER_THRESHOLD", default=5)
 CHANNEL_BREAKER_COOLDOWN_S = env.float("CHANNEL_BREAKER_COOLDOWN_S", default=30.0)
+
+# -- Reconciliation (reconciliation/; README "Reconciliation") ---------------------------------------------
+# Beat starts each channel's run for the previous business day at this time of the channel's own zone
+# (the bills exist from about 09:00-10:00 the next morning in Beijing).
+RECONCILIATION_TIME = env.str("RECONCILIATION_TIME", default="10:30")
+# The sandbox's bill days (its simulator must be started with the same value).
+SANDBOX_BILL_TIMEZONE = env.str("SANDBOX_BILL_TIMEZONE", default="UTC")
+# A bill that is not ready is asked for again after this many seconds (doubling, up to the max), for as
+# long as RECONCILIATION_NOT_READY_GIVE_UP_S; then the run fails and alerts.
+RECONCILIATION_RETRY_S = env.int("RECONCILIATION_RETRY_S", default=600)
+RECONCILIATION_RETRY_MAX_S = env.int("RECONCILIATION_RETRY_MAX_S", default=3600)
+RECONCILIATION_NOT_READY_GIVE_UP_S = env.int("RECONCILIATION_NOT_READY_GIVE_UP_S", default=8 * 3600)
+# A payment whose channel time and ours fall this close to midnight on either side is matched against
+# the neighbouring day before it is reported (clocks and the channel's own booking differ by seconds).
+RECONCILIATION_CARRY_OVER_S = env.int("RECONCILIATION_CARRY_OVER_S", default=300)

@@ -6,6 +6,7 @@ from payments import callbacks, health
 from payments_site.metrics import metrics_view
 
 urlpatterns = [
+    path("api/v1/reconciliation/", include("reconciliation.urls")),
     path("api/v1/", include("payments.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),

@@ -214,7 +214,7 @@ def test_the_days_bill_lists_our_payments_and_refunds(alipay: Simulator) -> None
     order = order_in(order.public_id, "succeeded")
     refund(client, order, "R-1", 250)
     order = order_in(order.public_id, "partially_refunded")
-    rows = get_channel("alipay").download_bill(day=dt.datetime.now(signing.CST).date())
+    rows = list(get_channel("alipay").download_bill(day=dt.datetime.now(signing.CST).date()))
     ours = {(r.kind, r.amount, r.out_refund_no) for r in rows if r.out_trade_no == order.public_id}
     refund_no = order.refunds.get().public_id
     assert ours == {("payment", 1000, None), ("refund", 250, refund_no)}

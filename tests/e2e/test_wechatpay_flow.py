@@ -110,7 +110,7 @@ def test_bill_download_is_parsed_into_rows(wx: Simulator) -> None:
     request_refund(client, order, "R-1", 50)
     order_in(order.public_id, "partially_refunded")
     refund = Refund.objects.get(order=order)
-    rows = get_channel("wechatpay").download_bill(day=dt.datetime.now(SHANGHAI).date())
+    rows = list(get_channel("wechatpay").download_bill(day=dt.datetime.now(SHANGHAI).date()))
     assert [(r.kind, r.out_trade_no, r.amount, r.currency, r.status) for r in rows if r.kind == "payment"] == [
         ("payment", order.public_id, 1050, "CNY", "succeeded")]
     assert [(r.kind, r.out_refund_no, r.amount) for r in rows if r.kind == "refund"] == [

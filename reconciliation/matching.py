@@ -1,0 +1,204 @@
+"""The set-wise part of a run: the bill COPYed into a staging table, matched against our books in SQL.
+
+Python only streams the bill's rows into COPY (never holding the file) and reads back what did not match, which
+on a normal day is nothing. One full outer join by (kind, out_trade_no / out_refund_no) finds every row that
+differs; aggregates over the same join give each side's totals and fingerprint.
+
+Our side of a business day [start, end) is read over [start - carry, end + carry): a payment whose time falls
+just across midnight from the channel's is matched here, and one of ours near an edge that the bill does not
+list is looked for in the neighbouring day's run before it is reported (services.py).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import connection
+
+from channels.base import BillRow
+
+PAID_STATES = ("succeeded", "partially_refunded", "refunded")
+COPY_BATCH = 1000
+
+STAGE_COLUMNS = "kind, key, out_trade_no, out_refund_no, channel_trade_no, amount, fee, currency, status, completed_at"
+
+
+@dataclass(frozen=True)
+class Window:
+    start: dt.datetime  # midnight of the business date in the channel's zone, aware
+    end: dt.datetime
+    carry: dt.timedelta
+
+    @property
+    def low(self) -> dt.datetime:
+        return self.start - self.carry
+
+    @property
+    def high(self) -> dt.datetime:
+        return self.end + self.carry
+
+    def params(self, channel: str) -> dict[str, Any]:
+        return {"channel": channel, "start": self.start, "end": self.end, "low": self.low, "high": self.high}
+
+
+def stage_table(run_pk: int) -> str:
+    return f"reconciliation_stage_{int(run_pk)}"
+
+
+# Our succeeded payments and refunds of the channel whose time falls in [low, high): the same keys and
+# normalised fields as the staging table.
+OURS_SQL = f"""
+    SELECT 'payment'::text AS kind, o.public_id::text AS key, o.public_id::text AS out_trade_no,
+           o.id AS order_id, NULL::bigint AS refund_id, o.amount, o.currency::text AS currency,
+           o.status::text AS status, o.paid_at AS at
+      FROM payments_order o
+     WHERE o.channel = %(channel)s AND o.paid_at >= %(low)s AND o.paid_at < %(high)s
+       AND o.status IN {PAID_STATES!r}
+    UNION ALL
+    SELECT 'refund', r.public_id, o.public_id, o.id, r.id, r.amount, r.currency, r.status, r.succeeded_at
+      FROM payments_refund r JOIN payments_order o ON o.id = r.order_id
+     WHERE o.channel = %(channel)s AND r.status = 'succeeded'
+       AND r.succeeded_at >= %(low)s AND r.succeeded_at < %(high)s
+"""
+
+
+def join_sql(stage: str) -> str:
+    """The full outer join of the bill and our books, restricted to what needs a look: rows on one side
+    only, rows that differ, and matches whose time on our side fell on the neighbouring day (carry-overs)."""
+    return f"""
+    WITH ours AS ({OURS_SQL})
+    SELECT b.kind, b.key, b.out_trade_no, b.out_refund_no, b.channel_trade_no, b.amount, b.currency, b.status,
+           b.completed_at,
+           o.kind, o.key, o.out_trade_no, o.order_id, o.refund_id, o.amount, o.currency, o.status, o.at
+      FROM {stage} b FULL OUTER JOIN ours o ON o.kind = b.kind AND o.key = b.key
+     WHERE b.key IS NULL OR o.key IS NULL OR b.status <> 'succeeded' OR b.amount <> o.amount
+        OR b.currency <> o.currency OR o.at < %(start)s OR o.at >= %(end)s
+    """
+
+
+@dataclass(frozen=True)
+class Side:
+    kind: str
+    key: str
+    out_trade_no: str
+    amount: int
+    currency: str
+    status: str
+    at: dt.datetime | None
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One row of the join: what the bill says, what we have (either may be missing)."""
+
+    bill: Side | None
+    ours: Side | None
+    out_refund_no: str = ""
+    channel_trade_no: str = ""
+    order_id: int | None = None
+    refund_id: int | None = None
+
+
+def load_bill(*, run_pk: int, rows: Iterable[BillRow]) -> int:
+    """Create the run's staging table and COPY the bill into it as it is read; returns the row count.
+
+    Normalised on the way: money as integer minor units (the adapters' BillRow), times as UTC, one key per
+    row (out_trade_no for a payment, out_refund_no for a refund). UNLOGGED: it lives for one run, and is
+    dropped by ``drop_stage``."""
+    stage = stage_table(run_pk)
+    count = 0
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE IF EXISTS {stage}")
+        cursor.execute(
+            f"CREATE UNLOGGED TABLE {stage} (kind text NOT NULL, key text NOT NULL, out_trade_no text NOT NULL,"
+            " out_refund_no text, channel_trade_no text, amount bigint NOT NULL, fee bigint NOT NULL,"
+            " currency text NOT NULL, status text NOT NULL, completed_at timestamptz)"
+        )
+        with cursor.copy(f"COPY {stage} ({STAGE_COLUMNS}) FROM STDIN") as copy:
+            for row in rows:
+                key = row.out_refund_no if row.kind == "refund" and row.out_refund_no else row.out_trade_no
+                at = row.completed_at.astimezone(dt.UTC) if row.completed_at is not None else None
+                copy.write_row((row.kind, key, row.out_trade_no, row.out_refund_no, row.channel_trade_no,
+                                row.amount, row.fee, row.currency, row.status, at))
+                count += 1
+        cursor.execute(f"ANALYZE {stage}")
+    return count
+
+
+def drop_stage(*, run_pk: int) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE IF EXISTS {stage_table(run_pk)}")
+
+
+def unmatched(*, run_pk: int, channel: str, window: Window, batch: int = 2000) -> Iterator[Pair]:
+    """The join's rows that need a look, read through a server-side cursor (a bad day may have many)."""
+    sql = join_sql(stage_table(run_pk))
+    with connection.chunked_cursor() as cursor:
+        cursor.execute(sql, window.params(channel))
+        while chunk := cursor.fetchmany(batch):
+            for r in chunk:
+                bill = Side(r[0], r[1], r[2], r[5], r[6], r[7], r[8]) if r[1] is not None else None
+                ours = Side(r[9], r[10], r[11], r[14], r[15], r[16], r[17]) if r[10] is not None else None
+                yield Pair(bill, ours, out_refund_no=r[3] or "", channel_trade_no=r[4] or "", order_id=r[12],
+                           refund_id=r[13])
+
+
+def duplicates(*, run_pk: int) -> list[tuple[str, str, str, int, int, str, dt.datetime | None]]:
+    """(kind, key, out_trade_no, copies, amount, currency, first time) of each trade the bill lists twice."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT kind, key, min(out_trade_no), count(*), min(amount), min(currency), min(completed_at)"
+            f"  FROM {stage_table(run_pk)} GROUP BY kind, key HAVING count(*) > 1 ORDER BY kind, key"
+        )
+        return list(cursor.fetchall())
+
+
+def _side_sql(alias: str, condition: str) -> str:
+    """Counts, sums and the fingerprint of one side of the join (``alias`` b or o), over rows meeting
+    ``condition``. The fingerprint is SHA-256 of the side's normalised lines, sorted: equal fingerprints prove
+    identical rows (kind, key, out_trade_no, amount, currency)."""
+    c = condition
+    line = (f"{alias}.kind || '|' || {alias}.key || '|' || {alias}.out_trade_no || '|' || {alias}.amount"
+            f" || '|' || {alias}.currency")
+    return (
+        f"count(*) FILTER (WHERE {c} AND {alias}.kind = 'payment'),"
+        f" coalesce(sum({alias}.amount) FILTER (WHERE {c} AND {alias}.kind = 'payment'), 0),"
+        f" count(*) FILTER (WHERE {c} AND {alias}.kind = 'refund'),"
+        f" coalesce(sum({alias}.amount) FILTER (WHERE {c} AND {alias}.kind = 'refund'), 0),"
+        f" encode(sha256(convert_to(coalesce(string_agg({line}, E'\\n' ORDER BY {line}), ''), 'UTF8')), 'hex')"
+    )
+
+
+def sides(*, run_pk: int, channel: str, window: Window, carried_out: list[str]) -> dict[str, Any]:
+    """Totals and fingerprints of both sides.
+
+    The channel's side is the whole bill. Ours is what belongs to this bill: our rows of the business day, less
+    those the neighbouring day's bill listed (``carried_out``), plus those of the neighbouring day's margin that
+    this bill listed (matched carry-overs)."""
+    stage = stage_table(run_pk)
+    ours_condition = (
+        "((o.at >= %(start)s AND o.at < %(end)s AND o.key <> ALL(%(carried_out)s))"
+        f" OR EXISTS (SELECT 1 FROM {stage} b WHERE b.kind = o.kind AND b.key = o.key))"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {_side_sql('b', 'true')}, coalesce(sum(b.fee), 0), count(*) FROM {stage} b")
+        bill = cursor.fetchone()
+        cursor.execute(f"WITH ours AS ({OURS_SQL}) SELECT {_side_sql('o', 'true')} FROM ours o WHERE {ours_condition}",
+                       {**window.params(channel), "carried_out": carried_out})
+        ours = cursor.fetchone()
+    assert bill is not None and ours is not None
+
+    def totals(values: tuple[Any, ...], fee: int) -> dict[str, Any]:
+        payments, refunds = int(values[1]), int(values[3])
+        return {"payments": {"count": values[0], "amount": payments},
+                "refunds": {"count": values[2], "amount": refunds}, "fees": fee, "net": payments - refunds - fee}
+
+    return {
+        "channel": totals(bill[0:5], int(bill[5])),
+        "internal": totals(ours[0:5], 0),
+        "channel_fingerprint": bill[4],
+        "internal_fingerprint": ours[4],
+    }
