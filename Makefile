@@ -10,7 +10,7 @@ export REDIS_URL ?= redis://127.0.0.1:6379/0
 export PUBLIC_BASE_URL ?= http://127.0.0.1:$(PORT)
 export WEB_PORT := $(PORT)
 
-.PHONY: run test lint check-alerts demo bench-api bench-api-ladder venv db migrate clean
+.PHONY: run test lint check-alerts demo bench-api bench-api-ladder bench-recon venv db migrate clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -75,6 +75,13 @@ bench-api: migrate
 # The same, plus what each part of a create costs (bench/baseline_urls.py).
 bench-api-ladder: migrate
 	BENCH_LADDER=1 DEBUG=0 SECRET_KEY=bench-only-secret-key $(PY) bench/api_create.py
+
+# Reconciliation of 1,000,000 bill rows against 1,000,000 orders, and the plain SQL baseline (bench/recon.py),
+# on a database of its own.
+bench-recon: DATABASE_URL = postgres://postgres@$(PGHOST):5432/payments_bench_recon
+
+bench-recon: migrate
+	DEBUG=0 SECRET_KEY=bench-only-secret-key SANDBOX_SECRET=bench-sandbox-secret $(PY) bench/recon.py
 
 clean:
 	rm -rf $(VENV) .dev .pytest_cache .mypy_cache .ruff_cache

@@ -253,3 +253,5 @@ RECONCILIATION_NOT_READY_GIVE_UP_S = env.int("RECONCILIATION_NOT_READY_GIVE_UP_S
 # A payment whose channel time and ours fall this close to midnight on either side is matched against
 # the neighbouring day before it is reported (clocks and the channel's own booking differ by seconds).
 RECONCILIATION_CARRY_OVER_S = env.int("RECONCILIATION_CARRY_OVER_S", default=300)
+# PostgreSQL work_mem of the session that matches a run (its sorts and hashes stay in memory).
+RECONCILIATION_WORK_MEM = env.str("RECONCILIATION_WORK_MEM", default="256MB")

@@ -7,8 +7,10 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import render
 from django.urls import reverse
 from django.utils.html import format_html
@@ -30,7 +32,7 @@ class ReadOnly(admin.ModelAdmin):
 
 class DiscrepancyInline(admin.TabularInline):
     model = Discrepancy
-    fields = ["kind", "status", "out_trade_no", "out_refund_no", "channel_amount", "internal_amount", "resolution"]
+    fields = ("kind", "status", "out_trade_no", "out_refund_no", "channel_amount", "internal_amount", "resolution")
     readonly_fields = fields
     extra = 0
     can_delete = False
@@ -62,7 +64,7 @@ class RunAdmin(ReadOnly):
         return [path("<int:run_pk>/report.<str:fmt>", self.admin_site.admin_view(self.report),
                      name="reconciliation_run_report"), *super().get_urls()]
 
-    def report(self, request: HttpRequest, run_pk: int, fmt: str) -> HttpResponse:
+    def report(self, request: HttpRequest, run_pk: int, fmt: str) -> HttpResponseBase:
         from django.core.exceptions import PermissionDenied
         from django.http import FileResponse, Http404, StreamingHttpResponse
 
@@ -110,7 +112,7 @@ class DiscrepancyAdmin(ReadOnly):
             form = DecisionForm()
         return render(request, "admin/reconciliation/decide.html", {
             "form": form, "discrepancies": queryset, "title": "Decide on discrepancies",
-            "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
         })
 
     def has_resolve_permission(self, request: HttpRequest) -> bool:

@@ -24,7 +24,7 @@ class IsFinance(permissions.BasePermission):
         user = request.user
         return bool(
             getattr(user, "is_staff", False) and getattr(user, "is_active", False)
-            and user.groups.filter(name=FINANCE_GROUP).exists()  # type: ignore[union-attr]
+            and user.groups.filter(name=FINANCE_GROUP).exists()
         )
 
 

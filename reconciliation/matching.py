@@ -128,6 +128,16 @@ def load_bill(*, run_pk: int, rows: Iterable[BillRow]) -> int:
     return count
 
 
+def session_memory(*, work_mem: str | None) -> None:
+    """Let this session's sorts and hashes (the join, the fingerprints' ordered aggregates) work in memory
+    rather than in temporary files; ``None`` puts the server's default back."""
+    with connection.cursor() as cursor:
+        if work_mem:
+            cursor.execute("SELECT set_config('work_mem', %s, false)", [work_mem])
+        else:
+            cursor.execute("RESET work_mem")
+
+
 def drop_stage(*, run_pk: int) -> None:
     with connection.cursor() as cursor:
         cursor.execute(f"DROP TABLE IF EXISTS {stage_table(run_pk)}")

@@ -92,6 +92,7 @@ def run_reconcile(*, run_id: int, rows: Iterable[BillRow], progress: Callable[[s
     Run.objects.filter(pk=run_id).update(status=Run.Status.RUNNING, error="")
     try:
         say(f"loading the {run.channel} bill of {run.business_date}…")
+        matching.session_memory(work_mem=settings.RECONCILIATION_WORK_MEM)
         lines = matching.load_bill(run_pk=run.pk, rows=rows)
         say(f"loaded {lines} bill rows; matching…")
         carried_in, carried_out = _record_discrepancies(run, window)
@@ -101,6 +102,7 @@ def run_reconcile(*, run_id: int, rows: Iterable[BillRow], progress: Callable[[s
         raise
     finally:
         matching.drop_stage(run_pk=run.pk)
+        matching.session_memory(work_mem=None)
     Run.objects.filter(pk=run_id).update(
         bill_rows=lines, carried_in=carried_in, totals={"channel": figures["channel"], "internal": figures["internal"]},
         channel_fingerprint=figures["channel_fingerprint"], internal_fingerprint=figures["internal_fingerprint"],
