@@ -2,14 +2,14 @@
 
 Tasks are acknowledged late and re-delivered when a worker dies, so every task must be safe to run twice.
 Each kind of work has its own queue so that a slow channel or a nightly run never starves callbacks.
+What a deployment sets comes from the Django settings (``payments_site/settings.py``), read from the environment
+in that one place.
 """
 
-import environ
+from django.conf import settings
 from kombu import Exchange, Queue
 
-env = environ.Env()
-
-broker_url = env.str("CELERY_BROKER_URL", default=env.str("REDIS_URL", default="redis://127.0.0.1:6379/0"))
+broker_url = settings.CELERY_BROKER_URL
 # Results are not used: state that matters lives in PostgreSQL.
 task_ignore_result = True
 result_backend = None
@@ -39,14 +39,14 @@ task_default_queue = "charges"
 task_routes = {
     "payments.tasks.charge_order": {"queue": "charges"},
     "payments.tasks.query_order": {"queue": "charges"},
-    "payments.tasks.close_order": {"queue": "charges"},
+    "payments.tasks.expire_order": {"queue": "charges"},
     "payments.tasks.process_notification": {"queue": "callbacks"},
     "payments.tasks.refund_order": {"queue": "refunds"},
     "payments.tasks.sweep_*": {"queue": "charges"},
     "reconciliation.tasks.*": {"queue": "reconciliation"},
 }
 
-_sweep_every = env.int("SWEEP_INTERVAL_S", default=30)
+_sweep_every = settings.SWEEP_INTERVAL_S
 beat_schedule = {
     "sweep-created-orders": {"task": "payments.tasks.sweep_created_orders", "schedule": _sweep_every},
     "sweep-pending-orders": {"task": "payments.tasks.sweep_pending_orders", "schedule": _sweep_every},

@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import cache
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 
 from channels.base import Channel
 from channels.http import Timeouts
@@ -80,3 +81,33 @@ def available_channels() -> tuple[str, ...]:
 def currencies(name: str) -> frozenset[str]:
     """Currencies an available channel takes, as its adapter declares them."""
     return get_channel(name).currencies
+
+
+# The key files of each channel, by the setting that names them, with what each must hold.
+_KEY_FILES = {
+    "alipay": {"ALIPAY_APP_PRIVATE_KEY_PATH": "private", "ALIPAY_PUBLIC_KEY_PATH": "public"},
+    "wechatpay": {"WECHATPAY_MERCHANT_PRIVATE_KEY_PATH": "private", "WECHATPAY_PLATFORM_PUBLIC_KEY_PATH": "public"},
+}
+
+
+def check_keys() -> None:
+    """Read every key file of the configured channels, at start-up (``ChannelsConfig.ready``).
+
+    A missing or malformed key stops the process here, with the setting named, instead of failing the first
+    charge of that channel, hours later, in a worker's log."""
+    from pathlib import Path
+
+    from channels.rsa import load_private_key, load_public_key
+
+    for channel in available_channels():
+        for setting, kind in _KEY_FILES.get(channel, {}).items():
+            path = getattr(settings, setting)
+            try:
+                pem = Path(path).read_text()
+                (load_private_key if kind == "private" else load_public_key)(pem)
+            except (OSError, ValueError, TypeError) as exc:
+                raise ImproperlyConfigured(
+                    f"{setting} ({path}) must be a readable PEM file with an RSA {kind} key: {exc}"
+                ) from None
+    if "wechatpay" in available_channels() and len(settings.WECHATPAY_APIV3_KEY.encode()) != 32:
+        raise ImproperlyConfigured("WECHATPAY_APIV3_KEY must be 32 bytes (WeChat Pay's APIv3 key)")

@@ -4,7 +4,16 @@ from django.conf import settings
 from django.contrib import admin, messages
 
 from payments import services
-from payments.models import ApiKey, ChannelNotification, Event, IdempotencyRecord, Merchant, Order, Refund, TransitionLog
+from payments.models import (
+    ApiKey,
+    ChannelNotification,
+    Event,
+    IdempotencyRecord,
+    Merchant,
+    Order,
+    Refund,
+    TransitionLog,
+)
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -88,7 +97,9 @@ class RefundAdmin(ReadOnlyAdmin):
 
 @admin.register(TransitionLog)
 class TransitionLogAdmin(ReadOnlyAdmin):
-    list_display = ("created_at", "object_type", "object_id", "transition", "from_state", "to_state", "source", "trace_id")
+    list_display = (
+        "created_at", "object_type", "object_id", "transition", "from_state", "to_state", "source", "trace_id",
+    )
     list_filter = ("object_type", "source", "transition")
     search_fields = ("object_id", "trace_id")
 

@@ -18,25 +18,41 @@ from functools import cache
 
 import psycopg
 from django.db import IntegrityError, connection, models, transaction
+from django_fsm import FSMField
 
 from payments import outbox
 
-
-# Fields whose Python value psycopg adapts as Django would: their get_db_prep_save() changes nothing (an aware
-# datetime, a str, an int, a bool), so it is skipped. Others (JSON) go through it.
-_AS_IS = {"CharField", "IntegerField", "BigIntegerField", "PositiveIntegerField", "PositiveSmallIntegerField",
-          "BooleanField", "DateTimeField", "ForeignKey"}
+# The field classes this module knows how to write, exactly (a subclass may prepare values differently, so it
+# is not taken for its parent). AS_IS: psycopg adapts the Python value as Django would, since their
+# get_db_prep_save() changes nothing (a str, an int, a bool, an aware datetime, a foreign key's id); so it
+# is skipped. PREPARED: their value goes through get_db_prep_save() (JSON). Any other field is refused when
+# the model is first written: check how Django prepares it, then add it to one of the two.
+AS_IS: frozenset[type[models.Field]] = frozenset({
+    models.CharField, models.URLField, FSMField, models.IntegerField, models.BigIntegerField,
+    models.PositiveIntegerField, models.PositiveSmallIntegerField, models.BooleanField, models.DateTimeField,
+    models.ForeignKey,
+})
+PREPARED: frozenset[type[models.Field]] = frozenset({models.JSONField})
 
 
 @cache
 def _insert_sql(model: type[models.Model]) -> tuple[list[tuple[models.Field, bool]], str]:
     fields = [field for field in model._meta.local_concrete_fields if not field.primary_key]
-    quote = connection.ops.quote_name
+    for field in fields:
+        if type(field) not in AS_IS | PREPARED:
+            raise TypeError(
+                f"payments.db cannot write {model.__name__}.{field.name}, a {type(field).__name__}: add its class to"
+                " payments.db.AS_IS or PREPARED once you know how Django prepares its values"
+            )
+    def quote(name: str | None) -> str:
+        assert name is not None  # concrete fields have a column
+        return connection.ops.quote_name(name)
+
     columns = ", ".join(quote(field.column) for field in fields)
     values = ", ".join(["%s"] * len(fields))
     pk = quote(model._meta.pk.column)
     sql = f"INSERT INTO {quote(model._meta.db_table)} ({columns}) VALUES ({values}) RETURNING {pk}"
-    return [(field, field.get_internal_type() in _AS_IS) for field in fields], sql
+    return [(field, type(field) in AS_IS) for field in fields], sql
 
 
 class Insert:
@@ -59,15 +75,16 @@ class Insert:
         self._rows.append(row)
         return row
 
-    def run(self, *, notify_task: str | None = None) -> None:
-        """Write every row, or none. With ``notify_task``, ``payments.outbox`` enqueues that task for the
-        first row, once the statement has committed."""
+    def run(self, *, enqueue: str | None = None) -> None:
+        """Write every row, or none. With ``enqueue``, the outbox enqueues that work for the first row, once the
+        statement has committed."""
         ctes = ", ".join(f"r{i} AS ({sql})" for i, sql in enumerate(self._statements))
         ids = ", ".join(f"(SELECT * FROM r{i})" for i in range(len(self._rows)))
         params = list(self._params)
-        if notify_task:
-            ids += ", pg_notify(%s, %s || (SELECT * FROM r0))"
-            params += [outbox.CHANNEL, outbox.payload_prefix(notify_task)]
+        if enqueue:
+            expression, notify_params = outbox.notify_sql(enqueue, "SELECT * FROM r0")
+            ids += ", " + expression
+            params += notify_params
         # Inside a caller's transaction, a savepoint keeps a violation from aborting it; outside one (a
         # request, in autocommit) the statement is its own transaction and needs no BEGIN or COMMIT.
         with transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext():
@@ -79,7 +96,9 @@ class Insert:
                 with psycopg.Cursor(django_cursor.cursor.connection) as cursor:
                     cursor.execute(f"WITH {ctes} SELECT {ids}", params, prepare=True)
                     row_ids = cursor.fetchone()
-        for row, row_id in zip(self._rows, row_ids):
+        assert row_ids is not None  # the statement returns one row, or raises
+        # The ids come first, in the order the rows were added; pg_notify's (empty) result may follow.
+        for row, row_id in zip(self._rows, row_ids[: len(self._rows)], strict=True):
             row.pk = row_id
             row._state.adding = False
             row._state.db = connection.alias

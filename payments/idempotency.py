@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,15 +83,20 @@ def idempotency_lookup(*, merchant: Merchant, key: str, fingerprint: str) -> Rep
 
 @dataclass
 class Claim:
-    """A request's Idempotency-Key, for a service that stores the request's answer with its own rows."""
+    """A request's Idempotency-Key, for a service that stores the request's answer with its own rows.
+
+    ``render`` is the caller's answer for the object the service creates, as (status, body): the service
+    stores it without knowing what it is, and the caller answers the same."""
 
     merchant: Merchant
     key: str
     fingerprint: str
+    render: Callable[[Any], tuple[int, Any]]
     record: IdempotencyRecord | None = None
 
-    def answer(self, status: int, body: Any) -> IdempotencyRecord:
-        """The row that stores ``status`` and ``body`` as the key's answer; the caller writes it."""
+    def record_for(self, obj: Any) -> IdempotencyRecord:
+        """The row that stores the answer for ``obj`` as the key's answer; the service writes it."""
+        status, body = self.render(obj)
         self.record = _record(merchant=self.merchant, key=self.key, fingerprint=self.fingerprint, status=status,
                               body=body)
         return self.record

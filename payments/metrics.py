@@ -20,6 +20,7 @@ import logging
 from collections.abc import Iterator
 from functools import cache
 
+import redis
 from django.conf import settings
 from django.db import connection
 from django.db.models import Count, Min, Q
@@ -143,12 +144,10 @@ class StateCollector(Collector):
 
 
 @cache
-def _broker_redis():  # type: ignore[no-untyped-def]
+def _broker_redis() -> redis.Redis | None:
     from celery import current_app
 
     url = str(current_app.conf.broker_url or settings.REDIS_URL)
     if not url.startswith(("redis://", "rediss://")):
         return None  # another broker: its own exporter reports queue depth
-    import redis
-
     return redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)

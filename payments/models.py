@@ -6,12 +6,14 @@ the named django-fsm transitions below, fired by ``payments.services`` on a lock
 
 from __future__ import annotations
 
+import datetime as dt
 import secrets
 import string
+from collections.abc import Callable
 
 from django.conf import settings
-from django.db import models
 from django.contrib.postgres.indexes import BrinIndex
+from django.db import models
 from django.db.models import F, Q
 from django_fsm import FSMField, FSMModelMixin, transition
 
@@ -47,7 +49,7 @@ def new_event_id() -> str:
     return public_id("evt_")
 
 
-def _id_field(default) -> models.CharField:  # type: ignore[no-untyped-def]
+def _id_field(default: Callable[[], str]) -> models.CharField:
     # Unique through ``_public_id_unique`` in Meta, not ``unique=True``: on PostgreSQL that also builds a
     # second, ``varchar_pattern_ops`` index for LIKE queries, which nothing runs and every INSERT pays for.
     return models.CharField(max_length=32, editable=False, default=default)
@@ -163,7 +165,7 @@ class Order(FSMModelMixin, models.Model):
         self.channel_trade_no = channel_trade_no or self.channel_trade_no
 
     @transition(field=status, source=OPEN_ORDER_STATES, target=S.SUCCEEDED)
-    def mark_succeeded(self, *, paid_at, channel_trade_no: str) -> None:  # type: ignore[no-untyped-def]
+    def mark_succeeded(self, *, paid_at: dt.datetime, channel_trade_no: str) -> None:
         self.paid_at = paid_at
         self.channel_trade_no = channel_trade_no or self.channel_trade_no
 
@@ -177,10 +179,16 @@ class Order(FSMModelMixin, models.Model):
         pass
 
     @transition(field=status, source=[S.CLOSED, S.FAILED], target=S.SUCCEEDED)
-    def accept_late_payment(self, *, paid_at, channel_trade_no: str) -> None:  # type: ignore[no-untyped-def]
+    def accept_late_payment(self, *, paid_at: dt.datetime, channel_trade_no: str) -> None:
         """Ops' explicit decision to keep money that arrived after the order was closed or failed (API.md)."""
         self.paid_at = paid_at
         self.channel_trade_no = channel_trade_no or self.channel_trade_no
+        self.attention = ""
+
+    @transition(field=status, source=[S.CLOSED, S.FAILED], target=None)
+    def record_late_payment_refund(self, *, amount: int) -> None:
+        """A late payment returned in full by ops' decision: the order keeps its state (API.md)."""
+        self.amount_refunded += amount
         self.attention = ""
 
     @transition(field=status, source=PAID_ORDER_STATES, target=S.PARTIALLY_REFUNDED)
@@ -192,14 +200,14 @@ class Order(FSMModelMixin, models.Model):
         self.amount_refunded += amount
 
 
-class RefundStatus(models.TextChoices):
+class RefundState(models.TextChoices):
     PENDING = "pending"
     PROCESSING = "processing"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
 
 
-R = RefundStatus
+R = RefundState
 
 
 class Refund(FSMModelMixin, models.Model):
@@ -208,7 +216,7 @@ class Refund(FSMModelMixin, models.Model):
     merchant_refund_no = models.CharField(max_length=64)
     amount = models.BigIntegerField()
     currency = models.CharField(max_length=3)
-    status = FSMField(default=R.PENDING, choices=RefundStatus.choices, protected=True, db_index=True)
+    status = FSMField(default=R.PENDING, choices=RefundState.choices, protected=True, db_index=True)
     reason = models.CharField(max_length=127, blank=True)
     channel_refund_no = models.CharField(max_length=64, blank=True)
     failure_code = models.CharField(max_length=64, blank=True)
@@ -236,7 +244,7 @@ class Refund(FSMModelMixin, models.Model):
         self.channel_refund_no = channel_refund_no or self.channel_refund_no
 
     @transition(field=status, source=R.PROCESSING, target=R.SUCCEEDED)
-    def mark_succeeded(self, *, succeeded_at, channel_refund_no: str = "") -> None:  # type: ignore[no-untyped-def]
+    def mark_succeeded(self, *, succeeded_at: dt.datetime, channel_refund_no: str = "") -> None:
         self.succeeded_at = succeeded_at
         self.channel_refund_no = channel_refund_no or self.channel_refund_no
 

@@ -11,13 +11,15 @@ from __future__ import annotations
 import contextvars
 import re
 from collections.abc import Mapping
+from types import MappingProxyType
 
 from opentelemetry import trace
 
 # The fields a log line may carry besides the trace: order_id, refund_id, merchant_id, channel, task, and
 # origin_trace_id (the trace that created the order, on the lines of a channel notification about it).
 LogFields = Mapping[str, str]
-_fields: contextvars.ContextVar[LogFields] = contextvars.ContextVar("log_fields", default={})
+# The default is shared by every context: read-only, so that nobody can change it for all.
+_fields: contextvars.ContextVar[LogFields] = contextvars.ContextVar("log_fields", default=MappingProxyType({}))
 _TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
 
 

@@ -6,8 +6,16 @@ import datetime as dt
 
 from django.db.models import Q, QuerySet
 
-from payments.models import OPEN_ORDER_STATES, ChannelNotification, Event, Merchant, Order, OrderStatus, Refund
-from payments.models import RefundStatus as RefundState
+from payments.models import (
+    OPEN_ORDER_STATES,
+    ChannelNotification,
+    Event,
+    Merchant,
+    Order,
+    OrderStatus,
+    Refund,
+    RefundState,
+)
 
 SWEEP_BATCH = 500
 
@@ -41,7 +49,9 @@ def orders_expired(*, now: dt.datetime) -> list[int]:
 
 def refunds_unfinished(*, before: dt.datetime) -> list[int]:
     return list(
-        Refund.objects.filter(status__in=[RefundState.PENDING, RefundState.PROCESSING], updated_at__lt=before, attention="")
+        Refund.objects.filter(
+            status__in=[RefundState.PENDING, RefundState.PROCESSING], updated_at__lt=before, attention=""
+        )
         .order_by("id")
         .values_list("id", flat=True)[:SWEEP_BATCH]
     )
@@ -91,7 +101,9 @@ def refund_list(*, order: Order, limit: int, starting_after: str | None = None) 
     return _page(qs, limit=limit, starting_after=starting_after, cursors=Refund.objects.filter(order=order))
 
 
-def event_list(*, merchant: Merchant, limit: int, starting_after: str | None = None, type: str | None = None) -> tuple[list[Event], bool]:
+def event_list(
+    *, merchant: Merchant, limit: int, starting_after: str | None = None, type: str | None = None
+) -> tuple[list[Event], bool]:
     qs = Event.objects.filter(merchant=merchant)
     if type:
         qs = qs.filter(type=type)

@@ -62,7 +62,7 @@ def query_order(order_id: int) -> None:
 
 
 @shared_task(**RETRY_POLICY)
-def close_order(order_id: int) -> None:
+def expire_order(order_id: int) -> None:
     services.order_expire(order_id=order_id)
 
 
@@ -103,7 +103,7 @@ def sweep_pending_orders() -> int:
 def sweep_expired_orders() -> int:
     ids = selectors.orders_expired(now=timezone.now())
     for order_id in ids:
-        close_order.delay(order_id)
+        expire_order.delay(order_id)
     return len(ids)
 
 

@@ -2,9 +2,9 @@
 
 ``ContextFilter`` stamps every record with the service, the OpenTelemetry trace and span ids and the ids
 bound in ``payments.observability`` (order, refund, merchant, channel, task). ``SamplingFilter`` drops a
-share of routine lines, as chapter 2.4 of the design notes asks: a fixed rate, a lower one when the process
-is busy, and never a key path (every money-moving decision, marked ``extra={"key_path": True}``) nor a
-WARNING or worse. Both sit on the handler, so a dropped line is never formatted.
+share of routine lines, as section 2.4 of the seed design (``../shared/seed/``) asks: a fixed rate, a lower
+one when the process is busy, and never a key path (every money-moving decision, marked
+``extra={"key_path": True}``) nor a WARNING or worse. Both sit on the handler, so a dropped line is never formatted.
 """
 
 from __future__ import annotations

@@ -86,6 +86,8 @@ DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = 5
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
+# Celery's broker (celeryconfig.py): Redis by default.
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
 
 LANGUAGE_CODE = "en-us"
@@ -170,8 +172,9 @@ WECHATPAY_SIM_PLATFORM_PRIVATE_KEY_PATH = env.str("WECHATPAY_SIM_PLATFORM_PRIVAT
 # stamps service, trace and the bound ids; the sampling filter runs first so that dropped lines cost little.
 LOG_FORMAT = env.str("LOG_FORMAT", default="json")
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
-# Sampling of routine INFO/DEBUG lines (design notes 2.4): a fixed rate, times the rate of the load tier the
-# process is in ("<load %>:<rate>", load = max(CPU of one core, log lines/s against LOG_SAMPLE_BUSY_LINES_PER_S)).
+# Sampling of routine INFO/DEBUG lines (section 2.4 of the seed design, ../shared/seed/): a fixed rate, times the
+# rate of the load tier the process is in ("<load %>:<rate>", load = max(CPU of one core, log lines/s against
+# LOG_SAMPLE_BUSY_LINES_PER_S)).
 # Key paths (extra={"key_path": True}) and WARNING+ are always kept. An empty LOG_SAMPLE_LOAD_TIERS turns the
 # load-based part off.
 LOG_SAMPLE_RATE = env.float("LOG_SAMPLE_RATE", default=1.0)

@@ -10,7 +10,7 @@ from payments_site.celery import app
 EXPECTED = {
     "payments.tasks.charge_order": "charges",
     "payments.tasks.query_order": "charges",
-    "payments.tasks.close_order": "charges",
+    "payments.tasks.expire_order": "charges",
     "payments.tasks.sweep_created_orders": "charges",
     "payments.tasks.process_notification": "callbacks",
     "payments.tasks.refund_order": "refunds",

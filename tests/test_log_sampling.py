@@ -85,7 +85,7 @@ def warm_up(sampler: SamplingFilter) -> None:
 
 def test_under_load_the_rate_drops_by_the_load_tier() -> None:
     # Load from log volume: 100 lines/s count as a fully busy process, and the test writes far more than
-    # that. The tiers are the design notes': from 60 % load keep half, from 80 % a tenth.
+    # that. The tiers are the seed design's (its section 2.4): from 60 % load keep half, from 80 % a tenth.
     busy = SamplingFilter(rate=1.0, load_tiers="60:0.5,80:0.1")
     busy.meter = LoadMeter(busy_lines_per_s=100, window_s=0.01, cpu_clock=idle_cpu)
     calm = SamplingFilter(rate=1.0, load_tiers="60:0.5,80:0.1")

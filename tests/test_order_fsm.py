@@ -10,7 +10,7 @@ import pytest
 from django_fsm import TransitionNotAllowed
 
 from payments import services
-from payments.models import Order, OrderStatus, Refund, RefundStatus
+from payments.models import Order, OrderStatus, Refund, RefundState
 
 NOW = dt.datetime(2026, 11, 27, 8, 0, tzinfo=dt.UTC)
 
@@ -22,6 +22,7 @@ ORDER_ARGS: dict[str, dict[str, Any]] = {
     "accept_late_payment": {"paid_at": NOW, "channel_trade_no": "t1"},
     "record_partial_refund": {"amount": 1},
     "record_full_refund": {"amount": 1},
+    "record_late_payment_refund": {"amount": 1},
 }
 OS = OrderStatus
 ORDER_ALLOWED: dict[tuple[str, str], str] = {
@@ -39,6 +40,9 @@ ORDER_ALLOWED: dict[tuple[str, str], str] = {
     (OS.SUCCEEDED, "record_full_refund"): OS.REFUNDED,
     (OS.PARTIALLY_REFUNDED, "record_partial_refund"): OS.PARTIALLY_REFUNDED,
     (OS.PARTIALLY_REFUNDED, "record_full_refund"): OS.REFUNDED,
+    # Ops refunded the late payment: the money goes back, and the order stays as it was.
+    (OS.CLOSED, "record_late_payment_refund"): OS.CLOSED,
+    (OS.FAILED, "record_late_payment_refund"): OS.FAILED,
 }
 
 REFUND_ARGS: dict[str, dict[str, Any]] = {
@@ -46,7 +50,7 @@ REFUND_ARGS: dict[str, dict[str, Any]] = {
     "mark_succeeded": {"succeeded_at": NOW},
     "mark_failed": {"code": "channel_refund_failed", "message": "no"},
 }
-R = RefundStatus
+R = RefundState
 REFUND_ALLOWED: dict[tuple[str, str], str] = {
     (R.PENDING, "mark_processing"): R.PROCESSING,
     (R.PENDING, "mark_failed"): R.FAILED,

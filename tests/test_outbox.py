@@ -27,6 +27,7 @@ from django.utils import timezone
 from opentelemetry import trace
 from prometheus_client import REGISTRY
 
+from payments import dispatcher as dispatching
 from payments import outbox, services
 from payments.models import Order
 from payments_site.celery import app as celery_app
@@ -37,7 +38,7 @@ QUEUES = ("charges", "refunds", "callbacks")
 
 
 def connect() -> psycopg.Connection:
-    return psycopg.connect(**{**outbox.conninfo(), "application_name": "test_outbox"}, autocommit=True)
+    return psycopg.connect(**{**dispatching.conninfo(), "application_name": "test_outbox"}, autocommit=True)
 
 
 @pytest.fixture
@@ -76,7 +77,7 @@ def published(broker: redis.Redis, queue: str) -> list[tuple[str, list, dict]]:
 
 
 @contextlib.contextmanager
-def running(dispatcher: outbox.Dispatcher) -> Iterator[outbox.Dispatcher]:
+def running(dispatcher: dispatching.Dispatcher) -> Iterator[dispatching.Dispatcher]:
     thread = threading.Thread(target=dispatcher.run, daemon=True)
     thread.start()
     try:
@@ -88,8 +89,8 @@ def running(dispatcher: outbox.Dispatcher) -> Iterator[outbox.Dispatcher]:
 
 
 @pytest.fixture
-def dispatcher(transactional_db) -> Iterator[outbox.Dispatcher]:
-    with running(outbox.Dispatcher()) as active:
+def dispatcher(transactional_db) -> Iterator[dispatching.Dispatcher]:
+    with running(dispatching.Dispatcher()) as active:
         assert active.listening.wait(10), "the dispatcher is not listening"
         yield active
 
@@ -104,7 +105,7 @@ def publishes(task: str, result: str) -> float:
 def test_a_notification_arrives_when_its_transaction_commits_and_not_before(listener) -> None:
     with trace.get_tracer(__name__).start_as_current_span("request") as span:
         with transaction.atomic():
-            outbox.enqueue("charge_order", 41)
+            outbox.enqueue(outbox.CHARGE_ORDER, 41)
             assert received(listener, timeout=0.5) == []
         context = span.get_span_context()
     traceparent = f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
@@ -113,12 +114,12 @@ def test_a_notification_arrives_when_its_transaction_commits_and_not_before(list
 
 def test_a_rolled_back_notification_never_arrives(listener) -> None:
     with pytest.raises(RuntimeError), transaction.atomic():
-        outbox.enqueue("charge_order", 1)
+        outbox.enqueue(outbox.CHARGE_ORDER, 1)
         raise RuntimeError("the order was not written")
     with transaction.atomic():
-        outbox.enqueue("refund_order", 2)
+        outbox.enqueue(outbox.SUBMIT_REFUND, 2)
         with contextlib.suppress(RuntimeError), transaction.atomic():  # a savepoint, rolled back
-            outbox.enqueue("charge_order", 3)
+            outbox.enqueue(outbox.CHARGE_ORDER, 3)
             raise RuntimeError("nor was this one")
     assert received(listener, timeout=1.5) == ["refund_order - 2"]
 
@@ -144,8 +145,8 @@ def test_only_whitelisted_tasks_can_be_enqueued(transactional_db) -> None:
 def test_the_dispatcher_publishes_a_committed_task_in_the_requests_trace(dispatcher, broker) -> None:
     sent_before = publishes("charge_order", "sent")
     with trace.get_tracer(__name__).start_as_current_span("request") as span, transaction.atomic():
-        outbox.enqueue("charge_order", 42)
-        outbox.enqueue("process_notification", 7)
+        outbox.enqueue(outbox.CHARGE_ORDER, 42)
+        outbox.enqueue(outbox.APPLY_NOTIFICATION, 7)
     trace_id = format(span.get_span_context().trace_id, "032x")
 
     charges = wait_until(lambda: published(broker, "charges"), what="the charge in the broker")
@@ -166,7 +167,7 @@ def test_a_dispatcher_taking_over_publishes_the_work_sent_while_none_listened(tr
         expires_at=timezone.now() + dt.timedelta(minutes=15),
     )
     Order.objects.filter(pk=charged.pk).update(status="pending")  # past its charge: nothing to publish
-    with running(outbox.Dispatcher()) as active:
+    with running(dispatching.Dispatcher()) as active:
         assert active.listening.wait(10), "the dispatcher is not listening"
         charges = wait_until(lambda: published(broker, "charges"), what="the lost charge in the broker")
     assert [(name, args) for name, args, _ in charges] == [("payments.tasks.charge_order", [order.pk])]
@@ -191,9 +192,9 @@ def test_the_dispatcher_ignores_what_it_cannot_act_on_and_carries_on(dispatcher,
 
 def test_only_one_of_two_dispatchers_is_active_and_the_other_takes_over(transactional_db, broker, caplog) -> None:
     caplog.set_level(logging.INFO, logger="payments.outbox")
-    with running(outbox.Dispatcher(standby_retry_s=0.2)) as first:
+    with running(dispatching.Dispatcher(standby_retry_s=0.2)) as first:
         assert first.listening.wait(10)
-        with running(outbox.Dispatcher(standby_retry_s=0.2)) as second:
+        with running(dispatching.Dispatcher(standby_retry_s=0.2)) as second:
             wait_until(lambda: any("standby" in r.getMessage() for r in caplog.records), what="a standby")
             assert not second.listening.is_set()
             assert outbox.active_dispatchers() == 1  # what /metrics reports and the alert watches
@@ -284,3 +285,12 @@ def test_work_that_failed_to_publish_is_published_once_the_broker_is_back(transa
         if broker_proc is not None:
             broker_proc.terminate()
             broker_proc.wait(timeout=10)
+
+
+def test_every_kind_of_work_names_a_registered_task() -> None:
+    """The dispatcher sends by name (``payments.outbox.TASKS``): each name must be a task the workers know."""
+    import payments.tasks  # noqa: F401 (registers the tasks, as a worker's autodiscovery does)
+
+    for work, task_name in outbox.TASKS.items():
+        assert task_name in celery_app.tasks, task_name
+        assert task_name.rsplit(".", 1)[-1] == work

@@ -27,8 +27,8 @@ def _active_key(key_hash: str) -> ApiKey | None:
     """The active key with this hash, read at most once per ``API_KEY_CACHE_TTL_S`` per process.
 
     Read on every request, it was one more database round trip on every call, and keys change rarely: a
-    revoked key, or a deactivated merchant, is refused by every process within the TTL (the README says so). Only keys that
-    authenticated are kept, so a new key works at once and a guessed one is read every time.
+    revoked key, or a deactivated merchant, is refused by every process within the TTL (the README says so).
+    Only keys that authenticated are kept, so a new key works at once and a guessed one is read every time.
     """
     now = time.monotonic()
     known = _known_keys.get(key_hash)
@@ -52,6 +52,14 @@ def forget_keys() -> None:
     """Drop what this process knows of keys and holds of rate limits (between tests)."""
     _known_keys.clear()
     _leases.clear()
+
+
+def merchant_of(request: Request) -> Merchant:
+    """The merchant a request authenticated as (views behind ``ApiKeyAuthentication`` only)."""
+    merchant = request.user
+    if not isinstance(merchant, Merchant):
+        raise exceptions.NotAuthenticated()
+    return merchant
 
 
 class ApiKeyAuthentication(authentication.BaseAuthentication):

@@ -11,7 +11,9 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 
 from channels.base import ChannelError
+from payments import idempotency
 from payments.observability import current_trace_id
+from payments.services.errors import DuplicateError, OrderStateError, RefundExceedsAmount
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +72,29 @@ def from_validation_error(exc: exceptions.ValidationError) -> ApiError:
     return invalid(code, str(detail), param)
 
 
+def from_service_error(exc: Exception) -> ApiError | None:
+    """What a service's or the idempotency layer's refusal is in the API's words (API.md's table)."""
+    if isinstance(exc, OrderStateError):
+        return ApiError(409, "invalid_request_error", "order_state", str(exc))
+    if isinstance(exc, DuplicateError):
+        return ApiError(409, "invalid_request_error", exc.code, str(exc), param=exc.param)
+    if isinstance(exc, RefundExceedsAmount):
+        return ApiError(422, "invalid_request_error", "refund_exceeds_amount", str(exc), param="amount")
+    if isinstance(exc, idempotency.KeyReused):
+        return ApiError(409, "idempotency_error", "idempotency_key_reused",
+                        "this Idempotency-Key was used with a different request")
+    if isinstance(exc, idempotency.KeyInFlight):
+        return ApiError(409, "idempotency_error", "idempotency_key_in_flight",
+                        "a request with this Idempotency-Key is still being processed")
+    return None
+
+
 def exception_handler(exc: Exception, context: dict) -> Response:
     if isinstance(exc, ApiError):
         return envelope(exc)
+    refusal = from_service_error(exc)
+    if refusal is not None:
+        return envelope(refusal)
     if isinstance(exc, exceptions.ValidationError):
         return envelope(from_validation_error(exc))
     if isinstance(exc, exceptions.ParseError):
@@ -89,7 +111,7 @@ def exception_handler(exc: Exception, context: dict) -> Response:
     if isinstance(exc, exceptions.MethodNotAllowed):
         return envelope(ApiError(405, "invalid_request_error", "method_not_allowed", str(exc.detail)))
     if isinstance(exc, exceptions.Throttled):
-        wait = max(1, int(exc.wait or 1))
+        wait = max(1, int(getattr(exc, "wait", None) or 1))
         return envelope(
             ApiError(429, "rate_limit_error", "rate_limited", "too many requests; slow down",
                      headers={"Retry-After": str(wait)})

@@ -58,8 +58,14 @@ class StrictCharField(serializers.CharField):
 
     def to_internal_value(self, data: Any) -> str:
         if not isinstance(data, str):
-            raise serializers.ValidationError(f"{self.field_name or 'each value'} must be a string", code="parameter_invalid")
+            raise serializers.ValidationError(f"{self.field_name or 'each value'} must be a string",
+                                              code="parameter_invalid")
         return super().to_internal_value(data)
+
+
+def field_error(param: str, message: str, code: str) -> dict[str, list[serializers.ErrorDetail]]:
+    """A validation error about ``param``, in the shape DRF gives its own (a dict of lists)."""
+    return {param: [serializers.ErrorDetail(message, code=code)]}
 
 
 class StrictSerializer(serializers.Serializer):
@@ -76,19 +82,23 @@ class StrictSerializer(serializers.Serializer):
         if not isinstance(data, dict):
             # As a dict of non-field errors, like DRF's own: a bare message here would make ``.errors`` crash.
             raise serializers.ValidationError(
-                {"non_field_errors": [serializers.ErrorDetail("the body must be a JSON object", code="parameter_invalid")]}
+                field_error("non_field_errors", "the body must be a JSON object", "parameter_invalid")
             )
         unknown = sorted(set(data) - set(self.fields))
         if unknown:
-            raise serializers.ValidationError({unknown[0]: [serializers.ErrorDetail(f"unknown parameter {unknown[0]}", code="parameter_unknown")]})
+            raise serializers.ValidationError(field_error(unknown[0], f"unknown parameter {unknown[0]}",
+                                                          "parameter_unknown"))
         return super().to_internal_value(data)
 
 
 def validate_channel_currency(attrs: dict[str, Any]) -> None:
     channel, currency = attrs["channel"], attrs["currency"]
     if channel not in CHANNEL_NAMES:
-        raise serializers.ValidationError({"channel": [serializers.ErrorDetail(f"channel must be one of {', '.join(CHANNEL_NAMES)}", code="channel_invalid")]})
+        raise serializers.ValidationError(
+            field_error("channel", f"channel must be one of {', '.join(CHANNEL_NAMES)}", "channel_invalid"))
     if channel not in available_channels():
-        raise serializers.ValidationError({"channel": [serializers.ErrorDetail(f"channel {channel} is not enabled", code="channel_unavailable")]})
+        raise serializers.ValidationError(
+            field_error("channel", f"channel {channel} is not enabled", "channel_unavailable"))
     if currency not in currencies(channel):
-        raise serializers.ValidationError({"currency": [serializers.ErrorDetail(f"currency {currency} is not supported on {channel}", code="currency_unsupported")]})
+        raise serializers.ValidationError(
+            field_error("currency", f"currency {currency} is not supported on {channel}", "currency_unsupported"))

@@ -2,8 +2,9 @@
 
 import django.db.models.deletion
 import django_fsm
-import payments.models
 from django.db import migrations, models
+
+import payments.models
 
 
 class Migration(migrations.Migration):

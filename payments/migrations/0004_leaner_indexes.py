@@ -3,8 +3,9 @@
 import django.contrib.postgres.indexes
 import django.db.models.deletion
 import django_fsm
-import payments.models
 from django.db import migrations, models
+
+import payments.models
 
 
 class Migration(migrations.Migration):

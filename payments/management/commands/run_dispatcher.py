@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from payments.outbox import run_dispatcher
+from payments.dispatcher import run_dispatcher
 
 
 class Command(BaseCommand):

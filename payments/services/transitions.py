@@ -1,0 +1,127 @@
+"""The machinery every change of money state goes through, shared by the order, refund and notification services.
+
+A transition is fired on a row the caller holds locked (``select_for_update``) inside the caller's transaction,
+so that everything it causes commits with it or not at all: the new state, its log row, the event merchants
+hear about, and (after commit) the metric.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from typing import Any
+
+from django.db import transaction
+
+from payments import metrics
+from payments.models import Event, Merchant, Order, OrderStatus, Refund, RefundState, TransitionLog
+from payments.observability import bind, current_trace_id
+from payments.representations import order_json, refund_json
+
+log = logging.getLogger(__name__)
+
+Source = TransitionLog.Source
+
+# Order and refund states that merchants hear about as events.
+ORDER_EVENTS = {OrderStatus.PENDING, OrderStatus.SUCCEEDED, OrderStatus.FAILED, OrderStatus.CLOSED}
+REFUND_EVENTS = {RefundState.SUCCEEDED, RefundState.FAILED}
+
+
+def fire(obj: Order | Refund, name: str, *, source: str, detail: dict | None = None, **kwargs: Any) -> None:
+    """Fire transition ``name`` on a row the caller holds locked, with all that a state change causes."""
+    before = obj.status
+    getattr(obj, name)(**kwargs)
+    obj.save()
+    write_log_row(obj, transition=name, from_state=before, source=source, detail=detail)
+    log.info(
+        "%s %s: %s -> %s", kind_of(obj), obj.public_id, before, obj.status,
+        extra={f"{kind_of(obj)}_id": obj.public_id, "transition": name, "source": source, "key_path": True},
+    )
+    if obj.status != before:
+        # A transition that keeps the state (a late payment's refund on a closed order) is logged, but it
+        # is no news for the merchant and enters no state.
+        record_event(obj)
+        count_on_commit(obj)
+
+
+def kind_of(obj: Order | Refund) -> str:
+    return "order" if isinstance(obj, Order) else "refund"
+
+
+def write_log_row(
+    obj: Order | Refund, *, transition: str, from_state: str, source: str, detail: dict | None = None
+) -> None:
+    log_row(obj, transition=transition, from_state=from_state, source=source, detail=detail).save()
+
+
+def log_row(
+    obj: Order | Refund, *, transition: str, from_state: str, source: str, detail: dict | None = None
+) -> TransitionLog:
+    """The transition log row of a change of ``obj`` (not saved: the order create writes it in its statement)."""
+    return TransitionLog(
+        object_type=kind_of(obj),
+        object_id=obj.public_id,
+        transition=transition,
+        from_state=from_state,
+        to_state=obj.status,
+        source=source,
+        trace_id=current_trace_id(),
+        detail=detail or {},
+    )
+
+
+def creation_log_row(obj: Order | Refund, source: str) -> TransitionLog:
+    """The log row of a new order or refund: the state it enters, from none."""
+    return log_row(obj, transition="create", from_state="", source=source)
+
+
+def log_created(obj: Order | Refund, source: str) -> None:
+    """The log line of a new order or refund (its row is written by the caller)."""
+    log.info("%s %s created", kind_of(obj), obj.public_id,
+             extra={"transition": "create", "source": source, "key_path": True})
+
+
+def record_event(obj: Order | Refund) -> Event | None:
+    """The event merchants hear about for the state ``obj`` entered, if it is one they hear about."""
+    if isinstance(obj, Order) and obj.status in ORDER_EVENTS:
+        return Event.objects.create(
+            merchant_id=obj.merchant_id, type=f"order.{obj.status}", order=obj, data=order_json(obj)
+        )
+    if isinstance(obj, Refund) and obj.status in REFUND_EVENTS:
+        return Event.objects.create(
+            merchant_id=obj.order.merchant_id, type=f"refund.{obj.status}", order=obj.order, refund=obj,
+            data=refund_json(obj),
+        )
+    return None
+
+
+def count_on_commit(obj: Order | Refund) -> None:
+    """Count the status the row entered, once it is committed (a rolled-back transition never happened)."""
+    if isinstance(obj, Order):
+        counter = metrics.ORDERS.labels(channel=obj.channel, status=obj.status)
+    else:
+        counter = metrics.REFUNDS.labels(channel=obj.order.channel, status=obj.status)
+    transaction.on_commit(counter.inc)
+
+
+def flag(obj: Order | Refund, reason: str) -> None:
+    """Leave the row visibly needing ops, and say so loudly."""
+    obj.attention = reason[:64]
+    obj.save(update_fields=["attention", "updated_at"])
+    ids = {f"{kind_of(obj)}_id": obj.public_id}
+    log.error("%s needs attention: %s", obj.public_id, reason, extra={**ids, "reason": reason, "key_path": True})
+
+
+def locked_order(order_id: int) -> Order:
+    return Order.objects.select_for_update().get(pk=order_id)
+
+
+@lru_cache(maxsize=10_000)
+def _merchant_public_id(merchant_pk: int) -> str:
+    # Public ids never change: one query per merchant per process, not one per task.
+    return Merchant.objects.values_list("public_id", flat=True).get(pk=merchant_pk)
+
+
+def bind_order(order: Order) -> None:
+    """Name the order on every log line of the current task or request."""
+    bind(order_id=order.public_id, channel=order.channel, merchant_id=_merchant_public_id(order.merchant_id))

@@ -1,0 +1,99 @@
+"""``payments.db`` writes rows as Django's ``save()`` would, column for column, and refuses fields it does not know."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+from django.db import connection
+from django.db.models import Model
+from django.utils import timezone
+
+from payments import db
+from payments.models import ChannelNotification, IdempotencyRecord, Order, TransitionLog
+from tests.conftest import make_actor
+
+# Columns that differ between two rows by nature: the keys, and the times save() takes from the clock.
+DIFFERENT_BY_NATURE = {"id", "public_id", "merchant_order_no", "created_at", "updated_at", "object_id"}
+
+
+def row(model: type[Model], pk: int) -> dict:
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT to_jsonb(t)::text FROM {model._meta.db_table} t WHERE id = %s", [pk])
+        return json.loads(cursor.fetchone()[0])
+
+
+def an_order(merchant, number: str) -> Order:
+    return Order(
+        merchant=merchant, merchant_order_no=number, amount=1050, currency="CNY", channel="sandbox",
+        description="Café, 咖啡 & \"quotes\"", notify_url="https://merchant.example/hooks?a=1&b=2",
+        metadata={"cart": "77", "emoji": "☕", "nested": {"deep": [1, 2.5, None, True]}},
+        expires_in=600, expires_at=timezone.now() + dt.timedelta(seconds=600), trace_id="ab" * 16,
+    )
+
+
+@pytest.mark.django_db
+def test_an_order_written_by_db_is_the_row_save_writes() -> None:
+    merchant = make_actor("Fence merchant").merchant
+    saved = an_order(merchant, "FENCE-ORM")
+    saved.expires_at = expires_at = timezone.now() + dt.timedelta(seconds=600)
+    saved.save()
+    inserted = an_order(merchant, "FENCE-DB")
+    inserted.expires_at = expires_at
+    log_row = TransitionLog(object_type="order", object_id=inserted.public_id, transition="create", from_state="",
+                            to_state="created", source="api", trace_id="cd" * 16, detail={"k": ["v", 1]})
+    record = IdempotencyRecord(merchant=merchant, key="fence-key", fingerprint="f" * 64, response_status=201,
+                               response_body={"id": inserted.public_id, "amount": 1050}, expires_at=expires_at)
+    rows = db.Insert()
+    for obj in (inserted, log_row, record):
+        rows.add(obj)
+    rows.run()
+
+    by_db, by_orm = row(Order, inserted.pk), row(Order, saved.pk)
+    assert set(by_db) == set(by_orm) and len(by_db) == len(Order._meta.concrete_fields)
+    for column in sorted(set(by_db) - DIFFERENT_BY_NATURE):
+        assert by_db[column] == by_orm[column], column
+    for column in ("created_at", "updated_at"):
+        assert by_db[column] is not None
+    Order.objects.get(pk=inserted.pk)  # and the ORM reads it back
+
+    # The other two models of the create, against their ORM twins.
+    log_twin = TransitionLog.objects.create(object_type="order", object_id=saved.public_id, transition="create",
+                                            from_state="", to_state="created", source="api", trace_id="cd" * 16,
+                                            detail={"k": ["v", 1]})
+    record_twin = IdempotencyRecord.objects.create(merchant=merchant, key="fence-key-2", fingerprint="f" * 64,
+                                                   response_status=201, response_body=record.response_body,
+                                                   expires_at=expires_at)
+    for model, a, b, own in ((TransitionLog, log_row, log_twin, set()), (IdempotencyRecord, record, record_twin,
+                                                                        {"key"})):
+        by_db, by_orm = row(model, a.pk), row(model, b.pk)
+        assert set(by_db) == set(by_orm)
+        for column in sorted(set(by_db) - DIFFERENT_BY_NATURE - own):
+            assert by_db[column] == by_orm[column], (model.__name__, column)
+
+
+def test_a_field_class_db_does_not_know_is_refused_loudly() -> None:
+    # ChannelNotification has a TextField, which payments.db was never checked against.
+    with pytest.raises(TypeError, match=r"ChannelNotification\.body, a TextField"):
+        db.Insert().add(ChannelNotification(channel="sandbox", body="x"))
+
+
+def test_a_subclass_of_a_known_field_is_not_taken_for_it() -> None:
+    from django.db import models
+
+    class Lowercase(models.CharField):
+        """Prepares its value unlike its parent: writing it as a CharField would store the wrong text."""
+
+        def get_db_prep_save(self, value, connection):
+            return value.lower()
+
+    class Shouting(models.Model):
+        word = Lowercase(max_length=10)
+
+        class Meta:
+            app_label = "payments"
+            managed = False
+
+    with pytest.raises(TypeError, match=r"Shouting\.word, a Lowercase"):
+        db.Insert().add(Shouting(word="HELLO"))
