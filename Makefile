@@ -28,9 +28,11 @@ db: venv
 migrate: db
 	$(PY) manage.py migrate --noinput
 
+# .env: DEBUG=1, a secret key and the channels' development keys, which every process (and any new shell's
+# manage.py) reads; git ignores it.
 run: migrate
 	@mkdir -p .dev
-	@$(PY) manage.py generate_dev_keys --dir .dev/keys --env-file .dev/channels.env > /dev/null
+	@$(PY) manage.py write_dev_env --path .env --keys-dir .dev/keys > /dev/null
 	@$(PY) manage.py setup_demo > /dev/null
 	@echo
 	@echo "API base URL:  http://127.0.0.1:$(PORT)/api/v1/   (docs: http://127.0.0.1:$(PORT)/api/docs/, admin: /admin/ admin/admin)"
@@ -43,7 +45,7 @@ run: migrate
 	@echo
 	@# Every process writes its metrics here for /metrics to add up; emptied at each start.
 	@rm -rf .dev/metrics && mkdir -p .dev/metrics
-	PROMETHEUS_MULTIPROC_DIR=$(CURDIR)/.dev/metrics LOG_FORMAT=console $(VENV)/bin/honcho -e .dev/channels.env -f Procfile start
+	PROMETHEUS_MULTIPROC_DIR=$(CURDIR)/.dev/metrics LOG_FORMAT=console $(VENV)/bin/honcho -e .env -f Procfile start
 
 demo: venv
 	$(PY) -m payments_site.demo --base-url http://127.0.0.1:$(PORT) --key-file .dev/demo_key

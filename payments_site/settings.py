@@ -1,12 +1,14 @@
 """Settings, all from the environment (django-environ).
 
 Development defaults point at the local PostgreSQL and Redis. With DEBUG off there is no default for
-secrets: a missing SECRET_KEY fails loudly instead of running with a guessable one.
+secrets: a missing SECRET_KEY fails loudly instead of running with a guessable one. `make run` writes the
+development values to ``.env``, read here when present (variables already set win).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,16 @@ from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 env = environ.Env()
+
+# Development without exports: `make run` writes .env (DEBUG=1, a secret key, the channels' development keys)
+# so that `manage.py createsuperuser` works in any shell. ENV_FILE names another file, or none when empty.
+# Tests never read one: a developer's DEBUG=1 must not change what they check. Under pytest ENV_FILE is
+# emptied here, and the processes the tests start (worker, dispatcher, simulators) inherit that.
+if "pytest" in sys.modules:
+    os.environ["ENV_FILE"] = ""
+ENV_FILE = env.str("ENV_FILE", default=str(BASE_DIR / ".env"))
+if ENV_FILE and os.path.isfile(ENV_FILE):
+    environ.Env.read_env(ENV_FILE)  # overwrite=False: what the environment already says wins
 
 DEBUG = env.bool("DEBUG", default=False)
 SECRET_KEY = env.str("SECRET_KEY", default="")

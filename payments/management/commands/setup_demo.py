@@ -1,7 +1,9 @@
-"""Idempotent demo setup for `make run`: an admin user and a demo merchant whose key is kept in a local file."""
+"""Idempotent demo setup for `make run`: an admin user (development only) and a demo merchant whose key is kept
+in a local file."""
 
 from pathlib import Path
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 
@@ -12,14 +14,17 @@ DEMO_NAME = "Demo merchant"
 
 
 class Command(BaseCommand):
-    help = "Create the admin user and the demo merchant if missing; print the demo key."
+    help = "Create the admin user (with DEBUG on) and the demo merchant if missing; print the demo key."
 
     def add_arguments(self, parser):
         parser.add_argument("--key-file", default=".dev/demo_key")
 
     def handle(self, *args, **options):
+        # A known password is for a developer's own machine only: anywhere else, `createsuperuser`.
         User = get_user_model()
-        if not User.objects.filter(username="admin").exists():
+        if not settings.DEBUG:
+            self.stderr.write("DEBUG is off: no admin user made (python manage.py createsuperuser makes one)")
+        elif not User.objects.filter(username="admin").exists():
             User.objects.create_superuser("admin", "admin@example.invalid", "admin")
             self.stderr.write("created admin user admin / admin (development only)")
         key_file = Path(options["key_file"])
