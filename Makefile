@@ -10,7 +10,7 @@ export REDIS_URL ?= redis://127.0.0.1:6379/0
 export PUBLIC_BASE_URL ?= http://127.0.0.1:$(PORT)
 export WEB_PORT := $(PORT)
 
-.PHONY: run test lint check-alerts demo bench-api bench-api-ladder bench-recon venv db migrate clean
+.PHONY: run test lint check-alerts check-compose demo bench-api bench-api-ladder bench-recon venv db migrate clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -61,6 +61,10 @@ test: venv
 lint: venv
 	$(VENV)/bin/ruff check .
 	DEBUG=1 $(VENV)/bin/mypy .
+
+# docker/compose.yml is valid (Debian's docker-compose package validates without a container engine).
+check-compose:
+	docker-compose -f docker/compose.yml config --quiet
 
 # The alert rules and their unit tests (promtool comes with Debian's prometheus package).
 check-alerts:

@@ -11,7 +11,11 @@ class SiteConfig(AppConfig):
     verbose_name = "Payment processor site"
 
     def ready(self) -> None:
-        from payments_site import celery, logs, telemetry
+        from django.core import checks as django_checks
+
+        from payments_site import celery, checks, logs, telemetry
+
+        django_checks.register(checks.deployment_settings, django_checks.Tags.security, deploy=True)
 
         if celery.started_as("worker"):
             logs.set_service("worker")
