@@ -50,11 +50,23 @@ run: migrate
 demo: venv
 	$(PY) -m payments_site.demo --base-url http://127.0.0.1:$(PORT) --key-file .dev/demo_key
 
+# The tests never read .env (settings.py), so a developer's DEBUG=1 there changes nothing. The whole suite
+# runs its e2e tests a second time with RabbitMQ as the broker (quorum queues, publisher confirms), on a vhost
+# of their own: `rabbitmqctl add_vhost payments_test` and `set_permissions -p payments_test guest '.*' '.*' '.*'`
+# (.ci/run does both).
+TEST_ENV := DEBUG=0 SECRET_KEY=test-only-secret-key SANDBOX_SECRET=test-sandbox-secret REDIS_URL=redis://127.0.0.1:6379/15
+E2E_RABBITMQ_URL ?= amqp://guest:guest@127.0.0.1:5672/payments_test
+
 test: venv
 	@if command -v promtool > /dev/null; then $(MAKE) --no-print-directory check-alerts; \
 	else echo "promtool not found: alert rules not checked (Debian: apt-get install prometheus; .ci/run does)"; fi
-	DEBUG=0 SECRET_KEY=test-only-secret-key SANDBOX_SECRET=test-sandbox-secret REDIS_URL=redis://127.0.0.1:6379/15 \
-		$(PY) -m pytest $(PYTEST_ARGS)
+	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS)
+	@if [ -n "$(PYTEST_ARGS)" ]; then exit 0; \
+	elif $(PY) -c 'import sys, kombu; kombu.Connection(sys.argv[1], connect_timeout=2).ensure_connection(max_retries=1)' \
+		'$(E2E_RABBITMQ_URL)' 2> /dev/null; then \
+		echo "e2e tests again, on RabbitMQ"; \
+		$(TEST_ENV) CELERY_BROKER_URL='$(E2E_RABBITMQ_URL)' $(PY) -m pytest tests/e2e; \
+	else echo "RabbitMQ not reachable at $(E2E_RABBITMQ_URL): e2e tests not run on it (.ci/run starts it)"; fi
 
 # Ruff, then mypy with the Django and DRF plugins (configured in pyproject.toml). The plugins load the
 # settings, which need DEBUG=1 or a SECRET_KEY.

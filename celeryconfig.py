@@ -27,14 +27,38 @@ task_soft_time_limit = 60
 task_time_limit = 90
 worker_hijack_root_logger = False
 broker_connection_retry_on_startup = True
-# Redis re-delivers an unacknowledged task after this long; it must exceed the longest countdown or ETA
-# we schedule (retry_backoff_max), or a delayed retry would run twice.
-broker_transport_options = {"visibility_timeout": 2 * 3600}
+
+# The broker is a URL: Redis by default, RabbitMQ where a task must survive the broker (README "Choosing a
+# broker"). The two differ only in what follows.
+RABBITMQ = broker_url.split("://", 1)[0] in ("amqp", "amqps", "pyamqp")
+if RABBITMQ:
+    # Quorum queues are replicated and always durable: a broker node that restarts or fails loses no task.
+    # They have no global QoS; Celery sees their x-queue-type and uses per-consumer prefetch instead
+    # (worker_detect_quorum_queues).
+    _queue_arguments: dict[str, str] | None = {"x-queue-type": "quorum"}
+    task_create_missing_queue_type = "quorum"
+    worker_detect_quorum_queues = True
+    # A retry's countdown goes through RabbitMQ's native delayed delivery (set up by Celery for quorum
+    # queues), which routes by topic: on a direct exchange a delayed task would sit in the worker's memory,
+    # holding one of its prefetch slots until it is due.
+    _exchange_type = "topic"
+    # Publisher confirms: a publish returns once the broker has stored the message, so the dispatcher and
+    # the sweeps never count as sent a task that the broker dropped.
+    broker_transport_options: dict[str, object] = {"confirm_publish": True}
+else:
+    _queue_arguments = None
+    _exchange_type = "direct"
+    # Redis re-delivers an unacknowledged task after this long; it must exceed the longest countdown or ETA
+    # we schedule (retry_backoff_max), or a delayed retry would run twice.
+    broker_transport_options = {"visibility_timeout": 2 * 3600}
 
 QUEUES = ("charges", "callbacks", "refunds", "webhooks", "reconciliation")
 # Each queue its own exchange and key: a bare Queue(name) would be bound to the default exchange and
 # key, and every queue would receive every message.
-task_queues = [Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES]
+task_queues = [
+    Queue(name, Exchange(name, type=_exchange_type), routing_key=name, queue_arguments=_queue_arguments)
+    for name in QUEUES
+]
 task_default_queue = "charges"
 task_routes = {
     "payments.tasks.charge_order": {"queue": "charges"},

@@ -1,7 +1,8 @@
 """Real processes for the end-to-end tests: the sandbox simulator, a Celery worker and the outbox dispatcher.
 
-The worker and the dispatcher are separate processes that use the test database and the test Redis,
-exactly as in production; the simulator is the channel. Only the test's own process (the API and the
+The worker and the dispatcher are separate processes that use the test database, the test Redis and the
+broker, exactly as in production; the simulator is the channel. The broker is ``CELERY_BROKER_URL``, Redis
+unless set: `make test` runs this package a second time on RabbitMQ. Only the test's own process (the API and the
 callback endpoint, served by pytest-django's live server) shares memory with the test.
 """
 
@@ -21,12 +22,43 @@ import httpx
 import pytest
 import redis
 from django.conf import settings
+from kombu.transport.native_delayed_delivery import level_name
 
 from channels.registry import get_channel
 from payments_site.celery import app as celery_app
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER_NAME = "e2e@localhost"
+
+
+def broker_is_rabbitmq() -> bool:
+    return celery_app.connection_for_write().transport.driver_type == "amqp"
+
+
+def broker_queue_depth(queue: str) -> int:
+    """Messages waiting in ``queue`` (not counting those a worker holds), on either broker."""
+    with celery_app.connection_for_write() as conn:
+        return conn.default_channel.queue_declare(queue=queue, passive=True).message_count
+
+
+def empty_the_broker() -> None:
+    """Lose every message, as a broker that restarts empty would, and empty the test Redis (the cache, the rate
+    limits, and the broker when it is Redis). On RabbitMQ that is each queue of the tasks and of Celery's
+    delayed delivery (retries waiting for their countdown): a vhost outlives a test run."""
+    redis.Redis.from_url(settings.REDIS_URL).flushdb()
+    if not broker_is_rabbitmq():
+        return
+    names = [queue.name for queue in celery_app.conf.task_queues] + [level_name(n) for n in range(28)]
+    with celery_app.connection_for_write() as conn:
+        for name in names:
+            channel = conn.channel()
+            try:
+                channel.queue_purge(name)
+            except conn.channel_errors:
+                pass  # not declared yet: nothing to lose (the broker closed this channel)
+            finally:
+                with contextlib.suppress(*conn.channel_errors, *conn.connection_errors):
+                    channel.close()
 
 
 def free_port() -> int:
@@ -162,9 +194,9 @@ def worker(
     request: pytest.FixtureRequest, django_db_setup, live_server, sandbox_sim: Simulator,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Path]:
-    """A real Celery worker process on the test database and the test Redis, and the outbox dispatcher
-    that publishes the tasks the test process enqueues."""
-    redis.Redis.from_url(settings.REDIS_URL).flushdb()
+    """A real Celery worker process on the test database, the test Redis and the broker, and the outbox
+    dispatcher that publishes the tasks the test process enqueues."""
+    empty_the_broker()
     log_path = tmp_path_factory.mktemp("worker") / "worker.log"
     env = {
         **os.environ,

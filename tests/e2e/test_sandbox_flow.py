@@ -188,20 +188,17 @@ def test_expired_orders_are_closed_by_the_sweep(e2e: Simulator) -> None:
 
 
 def test_broker_losing_everything_loses_no_order(e2e: Simulator, settings) -> None:
-    import redis
-
     from payments import tasks
     from payments_site.celery import app
-    from tests.e2e.conftest import WORKER_NAME
+    from tests.e2e.conftest import WORKER_NAME, broker_queue_depth, empty_the_broker
 
     client = make_actor("E2E merchant").client()
-    broker = redis.Redis.from_url(settings.REDIS_URL)
     app.control.cancel_consumer("charges", destination=[WORKER_NAME], reply=True)
     try:
         order_id = create_order(client)["id"]
         # The dispatcher publishes after the commit, on its own time: wait for the message, then lose it.
-        wait_until(lambda: broker.llen("charges"), what="the charge message in the broker")
-        broker.flushdb()  # the charge message is gone
+        wait_until(lambda: broker_queue_depth("charges"), what="the charge message in the broker")
+        empty_the_broker()  # the charge message is gone
     finally:
         app.control.add_consumer("charges", destination=[WORKER_NAME], reply=True)
     assert Order.objects.get(public_id=order_id).status == "created"
