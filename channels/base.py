@@ -52,6 +52,11 @@ class Retryable(ChannelError):
     """The request did not take effect; the same request may be sent again later."""
 
 
+class CircuitOpen(Retryable):
+    """Not sent: the channel account's circuit breaker is open (``channels/breaker.py``). Nothing reached the
+    channel; hold the work and try again after ``retry_after_s``, without counting it as a failed attempt."""
+
+
 class BillNotReady(Retryable):
     """The day's bill is not there yet: being generated (``code="bill_creating"``), or not found
     (``code="bill_not_found"``: not generated yet, or no bill because the day had no trades). Ask again later."""
@@ -209,6 +214,9 @@ class Channel(abc.ABC):
 
     name: str
     currencies: frozenset[str]
+    # The account the adapter acts for at the channel (Alipay app_id, WeChat Pay mchid, sandbox merchant id):
+    # circuit breakers are kept per account.
+    account: str = ""
     # The zone whose calendar days the channel's bills cover (Alipay and WeChat Pay: Beijing time).
     bill_timezone: str = "UTC"
 

@@ -4,11 +4,10 @@
 remember to measure. A call ends in one of the four outcome kinds of ``channels.base``, and that kind is the
 ``outcome`` label: ``definite`` (an answer), ``refused``, ``retryable``, ``unknown``.
 
-The breaker is the degradation the design notes ask for (chapter 4.2): after ``threshold`` consecutive
-retryable or unknown outcomes a channel is considered down, and for ``cooldown_s`` calls fail at once with
-``Retryable(code="channel_circuit_open")`` instead of piling up timeouts on a sick gateway; the tasks retry
-with backoff as for any retryable outcome. Then one trial call is let through (half-open): success closes
-the breaker, failure opens it again. Breakers are per process and per channel: no shared state to lose.
+Every call goes through its account's circuit breaker (``channels/breaker.py``: shared by every process through
+Redis, the degradation of the seed design's section 4.2, ``../shared/seed/``). While the breaker is open, calls
+are not sent: they raise ``CircuitOpen`` (a ``Retryable``, ``code="channel_circuit_open"``) with the time to
+wait, and the tasks hold the work until then without spending a retry.
 """
 
 from __future__ import annotations
@@ -16,18 +15,19 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
-import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Histogram
 
 from channels.base import (
     BillFile,
+    BillNotReady,
     Channel,
+    CircuitOpen,
     Notification,
     NotificationReply,
     RefundResult,
@@ -35,6 +35,7 @@ from channels.base import (
     Retryable,
     TradeResult,
 )
+from channels.breaker import SharedBreaker
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
@@ -48,67 +49,6 @@ SHORT_CIRCUITS = Counter(
     "payments_channel_short_circuits", "Calls refused without being sent because the breaker was open.",
     ["channel", "operation"],
 )
-# Per process; the largest value across the processes of a host is what matters (one open breaker).
-BREAKER_STATE = Gauge(
-    "payments_channel_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open.", ["channel"],
-    multiprocess_mode="livemax",
-)
-
-CLOSED, HALF_OPEN, OPEN = 0, 1, 2
-_STATE_NAMES = {CLOSED: "closed", HALF_OPEN: "half-open", OPEN: "open"}
-
-
-class CircuitBreaker:
-    def __init__(
-        self, channel: str, *, threshold: int = 5, cooldown_s: float = 30.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.channel = channel
-        self.threshold = threshold
-        self.cooldown_s = cooldown_s
-        self.clock = clock
-        self.state = CLOSED
-        self.failures = 0
-        self.opened_at = 0.0
-        self._trial_running = False
-        self._lock = threading.Lock()
-        BREAKER_STATE.labels(channel=channel).set(CLOSED)
-
-    def allow(self) -> bool:
-        """Whether a call may go out now. In half-open state only one trial call goes out at a time."""
-        with self._lock:
-            if self.state == OPEN and self.clock() - self.opened_at >= self.cooldown_s:
-                self._set(HALF_OPEN)
-            if self.state == CLOSED:
-                return True
-            if self.state == HALF_OPEN and not self._trial_running:
-                self._trial_running = True
-                return True
-            return False
-
-    def record(self, *, failed: bool) -> None:
-        with self._lock:
-            self._trial_running = False
-            if not failed:
-                self.failures = 0
-                if self.state != CLOSED:
-                    self._set(CLOSED)
-                return
-            self.failures += 1
-            if self.state == HALF_OPEN or self.failures >= self.threshold:
-                self.opened_at = self.clock()
-                if self.state != OPEN:
-                    self._set(OPEN)
-
-    def _set(self, state: int) -> None:
-        before, self.state = self.state, state
-        BREAKER_STATE.labels(channel=self.channel).set(state)
-        level = logging.WARNING if state == OPEN else logging.INFO
-        log.log(
-            level, "channel %s circuit %s -> %s after %d failures", self.channel, _STATE_NAMES[before],
-            _STATE_NAMES[state], self.failures, extra={"channel": self.channel, "breaker_state": _STATE_NAMES[state]},
-        )
-
 
 T = TypeVar("T")
 
@@ -126,10 +66,11 @@ def outcome_kind(exc: BaseException | None) -> str:
 class InstrumentedChannel(Channel):
     """A channel adapter with every outbound call measured and guarded. Anything else is the adapter's."""
 
-    def __init__(self, inner: Channel, breaker: CircuitBreaker) -> None:
+    def __init__(self, inner: Channel, breaker: SharedBreaker) -> None:
         self.inner = inner
         self.breaker = breaker
         self.name = inner.name
+        self.account = inner.account
         self.currencies = inner.currencies
         self.bill_timezone = inner.bill_timezone
 
@@ -138,12 +79,13 @@ class InstrumentedChannel(Channel):
 
     def _call(self, operation: str, call: Callable[[], T]) -> T:
         labels = {"channel": self.name, "operation": operation}
-        if not self.breaker.allow():
+        admission = self.breaker.before_call()
+        if not admission.allowed:
             SHORT_CIRCUITS.labels(**labels).inc()
             log.info("channel %s %s not sent: circuit open", self.name, operation,
                      extra={**labels, "outcome": "circuit_open"})
-            raise Retryable(f"channel {self.name} circuit open", code="channel_circuit_open",
-                            retry_after_s=self.breaker.cooldown_s)
+            raise CircuitOpen(f"channel {self.name} circuit open", code="channel_circuit_open",
+                              retry_after_s=admission.retry_after_s)
         error: BaseException | None = None
         started = time.perf_counter()
         with tracer.start_as_current_span(f"channel {self.name} {operation}", record_exception=False,
@@ -156,7 +98,9 @@ class InstrumentedChannel(Channel):
             finally:
                 elapsed = time.perf_counter() - started
                 kind = outcome_kind(error)
-                self.breaker.record(failed=kind in ("retryable", "unknown"))
+                # A bill not made yet is the channel's answer, not a sign of sickness.
+                failed = kind in ("retryable", "unknown") and not isinstance(error, BillNotReady)
+                self.breaker.after_call(admission, failed=failed, elapsed_s=elapsed)
                 CALL_SECONDS.labels(outcome=kind, **labels).observe(elapsed)
                 code = getattr(error, "code", None) or (type(error).__name__ if error else "")
                 if span.is_recording():
@@ -215,9 +159,12 @@ def instrumented(build: Callable[[str], Channel]) -> Callable[[str], Channel]:
     def wrapper(name: str) -> Channel:
         from django.conf import settings
 
-        breaker = CircuitBreaker(
-            name, threshold=settings.CHANNEL_BREAKER_THRESHOLD, cooldown_s=settings.CHANNEL_BREAKER_COOLDOWN_S
+        from channels import breaker
+
+        inner = build(name)
+        shared = breaker.SharedBreaker(
+            name, inner.account or "default", breaker.redis_client(settings.REDIS_URL), breaker.Settings.from_django()
         )
-        return InstrumentedChannel(build(name), breaker)
+        return InstrumentedChannel(inner, shared)
 
     return wrapper

@@ -8,8 +8,9 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 from channels.base import Channel
+from channels.breaker import SharedBreaker
 from channels.http import Timeouts
-from channels.instrumented import instrumented
+from channels.instrumented import InstrumentedChannel, instrumented
 
 CHANNEL_NAMES = ("alipay", "wechatpay", "sandbox")
 
@@ -76,6 +77,16 @@ def available_channels() -> tuple[str, ...]:
                           settings.WECHATPAY_APIV3_KEY, settings.WECHATPAY_PLATFORM_PUBLIC_KEY_PATH)),
     }
     return tuple(name for name in CHANNEL_NAMES if configured.get(name))
+
+
+def breakers() -> list[SharedBreaker]:
+    """The circuit breaker of every configured channel account (for ops: metrics and the admin)."""
+    breakers = []
+    for name in available_channels():
+        channel = get_channel(name)
+        if isinstance(channel, InstrumentedChannel):
+            breakers.append(channel.breaker)
+    return breakers
 
 
 def currencies(name: str) -> frozenset[str]:

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import random
 from typing import Any
 
 from celery import Task, shared_task
+from celery.exceptions import Reject, Retry
 from django.conf import settings
 from django.db import OperationalError
 from django.utils import timezone
 
-from channels.base import Retryable, UnknownOutcome
+from channels.base import CircuitOpen, Retryable, UnknownOutcome
 from payments import idempotency, selectors, services
 
 log = logging.getLogger(__name__)
@@ -27,13 +29,38 @@ RETRY_POLICY: dict[str, Any] = {
     "retry_backoff_max": settings.TASK_RETRY_BACKOFF_MAX_S,
     "retry_jitter": True,
     "max_retries": settings.TASK_MAX_RETRIES,
+    "dont_autoretry_for": (CircuitOpen,),  # held, not retried: HoldWhileOpen
     # Expected outcomes of talking to a channel, not bugs: when the retries run out, FlagOnExhaustion tells
     # ops (one Sentry event, from the "needs attention" line) instead of Celery and Sentry reporting a crash.
     "throws": (Retryable, UnknownOutcome),
 }
 
 
-class FlagOnExhaustion(Task):
+class HoldWhileOpen(Task):
+    """Work for a channel account whose circuit breaker is open is held, not retried: sent again for when the
+    breaker may let it through, with the retry count it had (nothing reached the channel, so no retry is
+    spent), and nothing is flagged or failed. A held charge still counted an attempt (``charge_attempts``),
+    which only makes the next one query the channel before it creates: safe."""
+
+    abstract = True
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.request.called_directly or self.request.is_eager:
+            return super().__call__(*args, **kwargs)
+        try:
+            return self.run(*args, **kwargs)  # the worker's tracer has pushed the request
+        except CircuitOpen as exc:
+            # Spread the held work past the reopening, so that it does not all meet the half-open breaker at once.
+            countdown = (exc.retry_after_s or settings.TASK_RETRY_BACKOFF_S) * random.uniform(1.0, 1.5)
+            held = self.signature_from_request(self.request, countdown=countdown, retries=self.request.retries)
+            try:
+                held.apply_async()
+            except Exception as send_error:
+                raise Reject(send_error, requeue=False) from exc  # the sweeps send it again
+            raise Retry(exc=exc, when=countdown, sig=held) from None
+
+
+class FlagOnExhaustion(HoldWhileOpen):
     """When a task gives up, leave its order or refund visibly stuck for ops."""
 
     abstract = True
@@ -56,12 +83,12 @@ def charge_order(order_id: int) -> None:
     services.order_charge(order_id=order_id)
 
 
-@shared_task(**RETRY_POLICY)
+@shared_task(base=HoldWhileOpen, **RETRY_POLICY)
 def query_order(order_id: int) -> None:
     services.order_query(order_id=order_id)
 
 
-@shared_task(**RETRY_POLICY)
+@shared_task(base=HoldWhileOpen, **RETRY_POLICY)
 def expire_order(order_id: int) -> None:
     services.order_expire(order_id=order_id)
 

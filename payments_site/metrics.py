@@ -21,9 +21,12 @@ def registry(*, with_state: bool) -> CollectorRegistry:
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
     if with_state:
+        from channels.breaker import BreakerCollector
+        from channels.registry import breakers
         from payments.metrics import StateCollector
 
         registry.register(StateCollector())
+        registry.register(BreakerCollector(breakers))
     return registry
 
 

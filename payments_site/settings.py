@@ -277,10 +277,17 @@ os.environ["PROMETHEUS_MULTIPROC_DIR"] = PROMETHEUS_MULTIPROC_DIR  # read when p
 WORKER_METRICS_PORT = env.int("WORKER_METRICS_PORT", default=0)
 WORKER_METRICS_ADDR = env.str("WORKER_METRICS_ADDR", default="127.0.0.1")
 
-# Channel circuit breakers (channels/instrumented.py): open after this many retryable or unknown outcomes
-# in a row, and let a trial call through after the cool-down.
-CHANNEL_BREAKER_THRESHOLD = env.int("CHANNEL_BREAKER_THRESHOLD", default=5)
-CHANNEL_BREAKER_COOLDOWN_S = env.float("CHANNEL_BREAKER_COOLDOWN_S", default=30.0)
+# Channel circuit breakers, one per channel account, shared through Redis (channels/breaker.py). Over the last
+# WINDOW_S seconds, once MIN_CALLS calls were made, a breaker opens when FAILURE_RATE of them ended retryable or
+# unknown, or when their p95 latency is above SLOW_CALL_S. It stays open OPEN_S seconds, then lets PROBES
+# calls through at once: a success closes it, a failure opens it again. With Redis unreachable, each process
+# opens its own after MIN_CALLS failures in a row.
+CHANNEL_BREAKER_WINDOW_S = env.int("CHANNEL_BREAKER_WINDOW_S", default=30)
+CHANNEL_BREAKER_MIN_CALLS = env.int("CHANNEL_BREAKER_MIN_CALLS", default=10)
+CHANNEL_BREAKER_FAILURE_RATE = env.float("CHANNEL_BREAKER_FAILURE_RATE", default=0.5)
+CHANNEL_BREAKER_SLOW_CALL_S = env.float("CHANNEL_BREAKER_SLOW_CALL_S", default=3.0)
+CHANNEL_BREAKER_OPEN_S = env.float("CHANNEL_BREAKER_OPEN_S", default=30.0)
+CHANNEL_BREAKER_PROBES = env.int("CHANNEL_BREAKER_PROBES", default=3)
 
 # -- Reconciliation (reconciliation/; README "Reconciliation") ---------------------------------------------
 # Beat starts each channel's run for the previous business day at this time of the channel's own zone

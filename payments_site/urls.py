@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from payments import callbacks, health
+from payments import admin_breakers, callbacks, health
 from payments_site.metrics import metrics_view
 
 urlpatterns = [
@@ -14,5 +14,6 @@ urlpatterns = [
     path("healthz", health.healthz),
     path("readyz", health.readyz),
     path("metrics", metrics_view),
+    path("admin/breakers/", admin.site.admin_view(admin_breakers.breakers_view), name="admin-breakers"),
     path("admin/", admin.site.urls),
 ]

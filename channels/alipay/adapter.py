@@ -160,7 +160,7 @@ class AlipayChannel(Channel):
         self, *, gateway_url: str, app_id: str, app_private_key: str, alipay_public_key: str, timeouts: Timeouts
     ) -> None:
         self.gateway_url = gateway_url
-        self.app_id = app_id
+        self.app_id = self.account = app_id
         self.private_key = signing.load_private_key(app_private_key)
         self.alipay_public_key = signing.load_public_key(alipay_public_key)
         self.client = new_client(timeouts)

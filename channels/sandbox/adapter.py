@@ -127,7 +127,7 @@ class SandboxChannel(Channel):
         self, *, api_base: str, merchant_id: str, secret: str, timeouts: Timeouts, bill_timezone: str = "UTC"
     ) -> None:
         self.api_base = api_base.rstrip("/")
-        self.merchant_id = merchant_id
+        self.merchant_id = self.account = merchant_id
         self.secret = secret
         self.client = new_client(timeouts)
         self.bill_timezone = bill_timezone  # the simulator's SANDBOX_BILL_TIMEZONE: both sides must agree

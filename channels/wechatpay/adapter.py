@@ -194,6 +194,7 @@ class WechatPayChannel(Channel):
     ) -> None:
         self.api_base = api_base.rstrip("/")
         self.mchid, self.appid = mchid, appid
+        self.account = mchid
         self.merchant_key = signing.load_private_key(merchant_private_key)
         self.merchant_serial_no = merchant_serial_no
         self.apiv3_key = apiv3_key

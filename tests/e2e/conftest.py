@@ -151,6 +151,14 @@ def channel_settings(overrides: dict[str, Any]) -> Iterator[None]:
         get_channel.cache_clear()
 
 
+def reset_breakers() -> None:
+    """Forget every channel breaker's state (shared by the worker through Redis): no test inherits one open."""
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    keys = list(client.scan_iter("breaker:*"))
+    if keys:
+        client.delete(*keys)
+
+
 # Package scope: the worker must be gone before other tests commit orders it would pick up.
 @pytest.fixture(scope="package")
 def sandbox_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simulator]:
@@ -208,8 +216,9 @@ def worker(
         "TASK_RETRY_BACKOFF_S": "1",
         "TASK_RETRY_BACKOFF_MAX_S": "2",
         "TASK_MAX_RETRIES": "4",
-        # A test that exhausts the channel must not leave its breaker open for the next test.
-        "CHANNEL_BREAKER_COOLDOWN_S": "1",
+        # A breaker that opens (a test that exhausts the channel) probes again after a second; the e2e fixture
+        # also resets every breaker between tests.
+        "CHANNEL_BREAKER_OPEN_S": "1",
         # Keep every line: the tests read the worker's log (sampling has its own tests).
         "LOG_SAMPLE_RATE": "1", "LOG_SAMPLE_LOAD_TIERS": "",
     }
@@ -243,9 +252,10 @@ def worker(
 
 @pytest.fixture
 def e2e(transactional_db, worker: Path, sandbox_sim: Simulator, live_server) -> Iterator[Simulator]:
-    """A clean simulator (clock fast) and broker for one end-to-end test."""
+    """A clean simulator (clock fast), broker and circuit breakers for one end-to-end test."""
     sandbox_sim.reset()
     celery_app.control.purge()
+    reset_breakers()
     yield sandbox_sim
     sandbox_sim.clear_faults()
 

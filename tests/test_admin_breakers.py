@@ -1,0 +1,53 @@
+"""The admin page of the circuit breakers: staff see each channel account's state, superusers force it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from django.contrib.auth.models import User
+from django.test import Client
+
+from channels.breaker import SharedBreaker
+from channels.registry import breakers
+
+URL = "/admin/breakers/"
+
+
+@pytest.fixture
+def sandbox_breaker() -> Iterator[SharedBreaker]:
+    (breaker,) = [b for b in breakers() if b.channel == "sandbox"]
+    breaker.reset()
+    yield breaker
+    breaker.reset()
+
+
+def logged_in(user: User) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+@pytest.mark.django_db
+def test_superuser_forces_a_breaker_open_and_back_to_auto(sandbox_breaker: SharedBreaker) -> None:
+    ops = logged_in(User.objects.create_superuser("ops", "ops@example.com", "x"))
+    page = ops.get(URL)
+    assert page.status_code == 200
+    assert sandbox_breaker.account in page.content.decode() and "force_open" in page.content.decode()
+
+    answer = ops.post(URL, {"key": sandbox_breaker.key, "mode": "force_open"})
+    assert answer.status_code == 302
+    assert sandbox_breaker.status()["effective"] == "open"
+    assert not sandbox_breaker.before_call().allowed
+
+    ops.post(URL, {"key": sandbox_breaker.key, "mode": "auto"})
+    assert sandbox_breaker.status()["mode"] == "auto" and sandbox_breaker.before_call().allowed
+
+
+@pytest.mark.django_db
+def test_other_staff_see_the_states_but_cannot_force_them(sandbox_breaker: SharedBreaker) -> None:
+    staff = logged_in(User.objects.create_user("support", "s@example.com", "x", is_staff=True))
+    assert staff.get(URL).status_code == 200
+    assert staff.post(URL, {"key": sandbox_breaker.key, "mode": "force_open"}).status_code == 403
+    assert sandbox_breaker.status()["mode"] == "auto"
+    assert logged_in(User.objects.create_user("merchant", "m@example.com", "x")).get(URL).status_code == 302
