@@ -55,3 +55,10 @@ def test_the_image_installs_dependencies_first_collects_static_files_and_runs_un
     assert steps[-1].startswith('CMD ["gunicorn"')
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".env", ".git", ".venv", ".dev"} <= set(ignored)  # no secrets or local state in the image
+
+
+def test_every_setting_read_from_the_environment_is_in_the_example() -> None:
+    # .env.example is the list of what a deployment may set: a new setting belongs there too.
+    read = set(re.findall(r'env\.\w+\(\s*"([A-Z][A-Z0-9_]*)"', (ROOT / "payments_site" / "settings.py").read_text()))
+    documented = set(re.findall(r"^(?:# )?([A-Z][A-Z0-9_]*)=", (ROOT / ".env.example").read_text(), re.MULTILINE))
+    assert read - documented == set()
