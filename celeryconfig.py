@@ -66,6 +66,7 @@ task_routes = {
     "payments.tasks.expire_order": {"queue": "charges"},
     "payments.tasks.process_notification": {"queue": "callbacks"},
     "payments.tasks.refund_order": {"queue": "refunds"},
+    "payments.tasks.deliver_webhook": {"queue": "webhooks"},
     "payments.tasks.sweep_*": {"queue": "charges"},
     "reconciliation.tasks.*": {"queue": "reconciliation"},
 }
@@ -77,6 +78,8 @@ beat_schedule = {
     "sweep-expired-orders": {"task": "payments.tasks.sweep_expired_orders", "schedule": _sweep_every},
     "sweep-refunds": {"task": "payments.tasks.sweep_refunds", "schedule": _sweep_every},
     "sweep-notifications": {"task": "payments.tasks.sweep_notifications", "schedule": _sweep_every},
+    # Webhook retries are scheduled in the database; this sends what is due, so it runs often.
+    "sweep-webhooks": {"task": "payments.tasks.sweep_webhooks", "schedule": settings.WEBHOOK_SWEEP_INTERVAL_S},
     # Answers are kept at least IDEMPOTENCY_TTL_S (24 h); an hourly purge keeps the table small.
     "purge-idempotency-records": {"task": "payments.tasks.purge_idempotency_records", "schedule": 3600},
 }

@@ -1,9 +1,10 @@
 """Ops' view of the money path. Money state is read-only here: changes go through services."""
 
+from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 
-from payments import services
+from payments import services, webhook_http
 from payments.models import (
     ApiKey,
     ChannelNotification,
@@ -13,6 +14,8 @@ from payments.models import (
     Order,
     Refund,
     TransitionLog,
+    WebhookAttempt,
+    WebhookDelivery,
 )
 
 
@@ -27,12 +30,35 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
+class MerchantForm(forms.ModelForm):
+    default_notify_url = forms.URLField(max_length=500, required=False, assume_scheme="https")
+
+    def clean_default_notify_url(self) -> str:
+        url = self.cleaned_data["default_notify_url"]
+        if url:
+            live = self.instance.pk is not None and (
+                self.instance.api_keys.filter(prefix__startswith="sk_live_").exists())
+            try:
+                webhook_http.check_url(url, live=live)
+            except webhook_http.UnsafeUrl as unsafe:
+                raise forms.ValidationError(str(unsafe)) from None
+        return url
+
+
 @admin.register(Merchant)
 class MerchantAdmin(admin.ModelAdmin):
+    form = MerchantForm
     list_display = ("name", "public_id", "per_order_limit", "rate_limit_per_s", "is_active", "created_at")
     readonly_fields = ("public_id", "created_at")
-    exclude = ("webhook_secret",)
-    actions = ["rotate_key"]
+    exclude = ("webhook_secret", "previous_webhook_secret", "previous_webhook_secret_until")
+    actions = ["rotate_key", "rotate_webhook_secret"]
+
+    @admin.action(description="Rotate the webhook secret (the old one keeps signing for 24 h)")
+    def rotate_webhook_secret(self, request, queryset):
+        for merchant in queryset:
+            secret = services.webhook_secret_rotate(merchant_id=merchant.pk)
+            # Shown once, to the ops user who rotated it, to hand to the merchant.
+            self.message_user(request, f"{merchant.name}: new webhook secret {secret}", messages.WARNING)
 
     @admin.action(description="Revoke the keys and issue a new secret key")
     def rotate_key(self, request, queryset):
@@ -111,10 +137,48 @@ class ChannelNotificationAdmin(ReadOnlyAdmin):
     search_fields = ("channel_notification_id", "order__public_id")
 
 
+class WebhookDeliveryInline(admin.TabularInline):
+    model = WebhookDelivery
+    fields = ("url", "state", "attempts", "last_status", "last_error", "next_attempt_at", "delivered_at")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+
 @admin.register(Event)
 class EventAdmin(ReadOnlyAdmin):
     list_display = ("public_id", "merchant", "type", "created_at")
     list_filter = ("type",)
+    search_fields = ("public_id", "order__public_id")
+    inlines = [WebhookDeliveryInline]
+    actions = ["redeliver"]
+
+    @admin.action(description="Redeliver the webhooks of the selected events (a new attempt chain each)")
+    def redeliver(self, request, queryset):
+        sent = 0
+        for event in queryset.select_related("order", "merchant"):
+            try:
+                services.event_redeliver(event=event)
+                sent += 1
+            except services.NoEndpoint as exc:
+                self.message_user(request, f"{event.public_id}: {exc}", messages.ERROR)
+        self.message_user(request, f"{sent} events sent again")
+
+
+class WebhookAttemptInline(admin.TabularInline):
+    model = WebhookAttempt
+    fields = ("number", "at", "http_status", "latency_ms", "error")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(ReadOnlyAdmin):
+    list_display = ("event", "url", "state", "attempts", "last_status", "next_attempt_at", "created_at")
+    list_filter = ("state",)
+    search_fields = ("event__public_id", "url")
+    inlines = [WebhookAttemptInline]
 
 
 @admin.register(IdempotencyRecord)

@@ -103,6 +103,7 @@ class Dispatcher:
                 outbox.CHARGE_ORDER: selectors.orders_awaiting_charge(before=now),
                 outbox.SUBMIT_REFUND: selectors.refunds_unfinished(before=now),
                 outbox.APPLY_NOTIFICATION: selectors.notifications_unprocessed(before=now),
+                outbox.DELIVER_WEBHOOK: selectors.webhooks_due(now=now),
             }
         except DatabaseError as exc:
             log.warning("dispatcher could not catch up (%s); the sweeps will", exc, extra=_ALWAYS)

@@ -3,14 +3,8 @@
 Counters are recorded where things happen (services, task signals, the outbox dispatcher) in whichever
 process does them; every process of a host writes them to the shared multiprocess directory and ``/metrics``
 adds them up. Gauges of state (open orders, the oldest pending order, queue depth, database connections, the
-active outbox dispatcher) are read at scrape time by ``StateCollector``, so that no request pays for them.
-
-Metrics named here for work not built yet, so that the alert rules (docker/prometheus/alerts.yml) and that
-work agree on them:
-- ``payments_webhook_deliveries_total{outcome}`` (delivered, retrying, failed): recorded per attempt;
-- ``payments_webhook_backlog``: deliveries due and not delivered, a scrape-time gauge to add to
-  ``StateCollector`` with the delivery model;
-- ``payments_reconciliation_discrepancies_total{channel,kind}``: in ``reconciliation.metrics``.
+active outbox dispatcher, the webhook backlog) are read at scrape time by ``StateCollector``, so that no request
+pays for them. Reconciliation's are in ``reconciliation.metrics``.
 """
 
 from __future__ import annotations
@@ -25,7 +19,7 @@ from django.conf import settings
 from django.db import connection
 from django.db.models import Count, Min, Q
 from django.utils import timezone
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -51,6 +45,10 @@ WEBHOOK_DELIVERIES = Counter(
     "payments_webhook_deliveries", "Merchant webhook delivery attempts by outcome: delivered, retrying, failed.",
     ["outcome"],
 )
+WEBHOOK_ATTEMPT_SECONDS = Histogram(
+    "payments_webhook_attempt_seconds", "How long a merchant webhook POST took, answered or not.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15),
+)
 
 OPEN_ORDER_STATES = ("created", "pending")
 OPEN_REFUND_STATES = ("pending", "processing")
@@ -62,7 +60,7 @@ class StateCollector(Collector):
     """Gauges read at scrape time: small queries on indexed open states and catalogs, one Redis round trip."""
 
     def collect(self) -> Iterator[Metric]:
-        for read in (self._orders, self._refunds, self._queues, self._database, self._outbox):
+        for read in (self._orders, self._refunds, self._webhooks, self._queues, self._database, self._outbox):
             try:
                 yield from read()
             except Exception as exc:  # a scrape must answer even with Redis or Postgres down
@@ -102,6 +100,19 @@ class StateCollector(Collector):
         for row in rows:
             family.add_metric([row["order__channel"], row["status"]], row["n"])
         yield family
+
+    def _webhooks(self) -> Iterator[Metric]:
+        from payments.models import WebhookDelivery
+
+        now = timezone.now()
+        due = WebhookDelivery.objects.filter(state=WebhookDelivery.State.PENDING, next_attempt_at__lte=now)
+        row = due.aggregate(n=Count("id"), first=Min("next_attempt_at"))
+        yield GaugeMetricFamily("payments_webhook_backlog", "Webhook deliveries due and not yet attempted.",
+                                value=row["n"])
+        yield GaugeMetricFamily(
+            "payments_webhook_oldest_due_age_seconds", "How long the longest-waiting due webhook delivery has waited.",
+            value=(now - row["first"]).total_seconds() if row["first"] else 0,
+        )
 
     def _queues(self) -> Iterator[Metric]:
         from celery import current_app

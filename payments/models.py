@@ -66,6 +66,9 @@ class Merchant(models.Model):
     rate_limit_per_s = models.PositiveIntegerField(default=settings.DEFAULT_RATE_LIMIT_PER_S)
     default_notify_url = models.URLField(max_length=500, blank=True)
     webhook_secret = models.CharField(max_length=100, editable=False)
+    # After a rotation the previous secret signs too (a second signature) until previous_webhook_secret_until.
+    previous_webhook_secret = models.CharField(max_length=100, blank=True, editable=False)
+    previous_webhook_secret_until = models.DateTimeField(null=True, blank=True, editable=False)
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -154,6 +157,8 @@ class Order(FSMModelMixin, models.Model):
             models.Index(fields=["status", "updated_at"], name="order_status_updated"),
             # Only the few orders that need ops are in it, so creating an order does not touch it.
             models.Index(fields=["attention"], condition=~Q(attention=""), name="order_attention"),
+            # Reconciliation's day of a channel; an unpaid order (every create) has no entry in it.
+            models.Index(fields=["channel", "paid_at"], condition=Q(paid_at__isnull=False), name="order_channel_paid"),
         ]
 
     def __str__(self) -> str:
@@ -234,7 +239,11 @@ class Refund(FSMModelMixin, models.Model):
             models.UniqueConstraint(fields=["order", "merchant_refund_no"], name="refund_order_refund_no_uniq"),
             models.CheckConstraint(condition=Q(amount__gt=0), name="refund_amount_positive"),
         ]
-        indexes = [models.Index(fields=["status", "updated_at"], name="refund_status_updated")]
+        indexes = [
+            models.Index(fields=["status", "updated_at"], name="refund_status_updated"),
+            # Reconciliation's day; a refund has an entry once it succeeded.
+            models.Index(fields=["succeeded_at"], condition=Q(succeeded_at__isnull=False), name="refund_succeeded"),
+        ]
 
     def __str__(self) -> str:
         return self.public_id
@@ -343,3 +352,53 @@ class ChannelNotification(models.Model):
                 fields=["channel", "channel_notification_id"], name="notification_channel_id_uniq"
             )
         ]
+
+
+class WebhookDelivery(models.Model):
+    """One chain of attempts to deliver an event to an endpoint (Saleor's model: state in rows, not the broker).
+
+    Created with its event, in the same transaction. Each attempt is a ``WebhookAttempt``; the beat sweep sends
+    what is due (``next_attempt_at``), so a lost task or broker loses nothing. A redelivery is a new chain; the old
+    one and its attempts stay."""
+
+    class State(models.TextChoices):
+        PENDING = "pending"
+        DELIVERED = "delivered"
+        FAILED = "failed"  # every attempt of the schedule failed: visible to ops, re-sendable
+
+    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="deliveries")
+    url = models.URLField(max_length=500)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    # When the next attempt is due; while an attempt is under way, when it is given up for lost (its lease).
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    last_error = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            # The sweep's query: only pending rows are in it, so delivered ones cost nothing.
+            models.Index(fields=["next_attempt_at"], condition=Q(state="pending"), name="webhook_delivery_due"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event.public_id} → {self.url}"
+
+
+class WebhookAttempt(models.Model):
+    """One POST of a delivery: when, the answer's status (none if there was no answer), how long, what went wrong.
+    Never the body, never a secret."""
+
+    delivery = models.ForeignKey(WebhookDelivery, on_delete=models.CASCADE, related_name="attempt_rows")
+    number = models.PositiveSmallIntegerField()
+    at = models.DateTimeField()
+    http_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    latency_ms = models.PositiveIntegerField()
+    error = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [models.UniqueConstraint(fields=["delivery", "number"], name="webhook_attempt_number_uniq")]

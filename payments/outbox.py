@@ -33,11 +33,13 @@ CHANNEL = "payments_tasks"
 CHARGE_ORDER = "charge_order"
 SUBMIT_REFUND = "refund_order"
 APPLY_NOTIFICATION = "process_notification"
+DELIVER_WEBHOOK = "deliver_webhook"
 # Name → the Celery task the dispatcher sends (by name: ``payments.tasks`` defines them).
 TASKS = {
     CHARGE_ORDER: "payments.tasks.charge_order",
     SUBMIT_REFUND: "payments.tasks.refund_order",
     APPLY_NOTIFICATION: "payments.tasks.process_notification",
+    DELIVER_WEBHOOK: "payments.tasks.deliver_webhook",
 }
 
 # pg_try_advisory_lock key of the active dispatcher: "payments" in ASCII, as a bigint.

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from payments.models import Event, Order, Refund
+from payments.models import Event, Order, Refund, WebhookDelivery
 
 
 def timestamp(value: dt.datetime | None) -> str | None:
@@ -54,6 +54,24 @@ def refund_json(refund: Refund) -> dict[str, Any]:
         "failure_message": refund.failure_message or None,
         "created_at": timestamp(refund.created_at),
         "succeeded_at": timestamp(refund.succeeded_at),
+    }
+
+
+def event_with_deliveries_json(event: Event) -> dict[str, Any]:
+    """An event as ``GET /api/v1/events/{id}`` shows it: with the state of each delivery chain (API.md)."""
+    return {**event_json(event), "deliveries": [delivery_json(d) for d in event.deliveries.all()]}
+
+
+def delivery_json(delivery: WebhookDelivery) -> dict[str, Any]:
+    return {
+        "endpoint": delivery.url,
+        "state": delivery.state,
+        "attempts": delivery.attempts,
+        "last_status": delivery.last_status,
+        "last_error": delivery.last_error or None,
+        "next_attempt_at": timestamp(delivery.next_attempt_at) if delivery.state == "pending" else None,
+        "created_at": timestamp(delivery.created_at),
+        "delivered_at": timestamp(delivery.delivered_at),
     }
 
 

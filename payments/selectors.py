@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from django.db.models import Q, QuerySet
+from django.db.models import Prefetch, Q, QuerySet
 
 from payments.models import (
     OPEN_ORDER_STATES,
@@ -15,6 +15,7 @@ from payments.models import (
     OrderStatus,
     Refund,
     RefundState,
+    WebhookDelivery,
 )
 
 SWEEP_BATCH = 500
@@ -55,6 +56,21 @@ def refunds_unfinished(*, before: dt.datetime) -> list[int]:
         .order_by("id")
         .values_list("id", flat=True)[:SWEEP_BATCH]
     )
+
+
+def webhooks_due(*, now: dt.datetime) -> list[int]:
+    """Webhook deliveries whose next attempt is due (or whose attempt was lost: its lease has run out)."""
+    return list(
+        WebhookDelivery.objects.filter(state=WebhookDelivery.State.PENDING, next_attempt_at__lte=now)
+        .order_by("next_attempt_at")
+        .values_list("id", flat=True)[:SWEEP_BATCH]
+    )
+
+
+def event_of(*, merchant: Merchant, event_id: str) -> Event | None:
+    """The merchant's event with its deliveries (and their attempt counts), or None: another merchant's is None."""
+    return (Event.objects.filter(merchant=merchant, public_id=event_id)
+            .prefetch_related(Prefetch("deliveries", queryset=WebhookDelivery.objects.order_by("id"))).first())
 
 
 def notifications_unprocessed(*, before: dt.datetime) -> list[int]:

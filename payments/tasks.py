@@ -103,6 +103,12 @@ def process_notification(notification_id: int) -> None:
     services.notification_apply(notification_id=notification_id)
 
 
+# No retry policy: a failed attempt is scheduled in the database, and the sweep sends it when it is due.
+@shared_task(autoretry_for=(OperationalError,), retry_backoff=True, max_retries=settings.TASK_MAX_RETRIES)
+def deliver_webhook(delivery_id: int) -> None:
+    services.webhook_deliver(delivery_id=delivery_id)
+
+
 # -- beat sweeps: rebuild pending work from the database, so a broker that lost everything loses nothing --
 
 
@@ -145,6 +151,14 @@ def sweep_refunds() -> int:
 @shared_task
 def purge_idempotency_records() -> int:
     return idempotency.idempotency_purge(now=timezone.now())
+
+
+@shared_task
+def sweep_webhooks() -> int:
+    ids = selectors.webhooks_due(now=timezone.now())
+    for delivery_id in ids:
+        deliver_webhook.delay(delivery_id)
+    return len(ids)
 
 
 @shared_task

@@ -159,7 +159,6 @@ SPECTACULAR_SETTINGS = {
 # by `python manage.py spectacular --validate --file /dev/null`.
 SILENCED_SYSTEM_CHECKS = ["drf_spectacular.W001", "drf_spectacular.W002"]
 
-
 # Payments
 DEFAULT_PER_ORDER_LIMIT = env.int("DEFAULT_PER_ORDER_LIMIT", default=100_000_000)
 DEFAULT_RATE_LIMIT_PER_S = env.int("DEFAULT_RATE_LIMIT_PER_S", default=100)
@@ -179,6 +178,27 @@ SWEEP_PENDING_QUERY_AFTER_S = env.int("SWEEP_PENDING_QUERY_AFTER_S", default=120
 SWEEP_REFUND_AFTER_S = env.int("SWEEP_REFUND_AFTER_S", default=60)
 SWEEP_NOTIFICATION_AFTER_S = env.int("SWEEP_NOTIFICATION_AFTER_S", default=30)
 SWEEP_INTERVAL_S = env.int("SWEEP_INTERVAL_S", default=30)
+
+# Merchant webhooks (payments/services/webhooks.py, payments/webhook_http.py; API.md "Events and merchant webhooks").
+# The delays between attempts, in seconds (API.md's, at least 24 h in all); tests compress them.
+WEBHOOK_RETRY_SCHEDULE_S = [
+    int(delay) for delay in env.list(
+        "WEBHOOK_RETRY_SCHEDULE_S",
+        default=["15", "15", "30", "180", "600", "1200", "1800", "1800", "1800", "3600", "10800", "10800", "10800",
+                 "21600", "21600"],
+    )
+]
+# A 2xx answer within this many seconds is a delivery.
+WEBHOOK_TIMEOUT_S = env.float("WEBHOOK_TIMEOUT_S", default=10.0)
+# How often beat sends the deliveries that are due.
+WEBHOOK_SWEEP_INTERVAL_S = env.float("WEBHOOK_SWEEP_INTERVAL_S", default=5.0)
+# A rotated secret keeps signing (a second signature) this long.
+WEBHOOK_SECRET_GRACE_S = env.int("WEBHOOK_SECRET_GRACE_S", default=24 * 3600)
+# Hosts (names, addresses or networks) that merchant webhook URLs may point at although they are private,
+# loopback or link-local. None in production; development lists loopback, for a receiver on this machine.
+WEBHOOK_ALLOWED_HOSTS = env.list(
+    "WEBHOOK_ALLOWED_HOSTS", default=["localhost", "127.0.0.0/8", "::1"] if DEBUG else []
+)
 
 # Channels
 CHANNEL_CONNECT_TIMEOUT_S = env.float("CHANNEL_CONNECT_TIMEOUT_S", default=3.0)

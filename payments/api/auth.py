@@ -62,6 +62,12 @@ def merchant_of(request: Request) -> Merchant:
     return merchant
 
 
+def is_live(request: Request) -> bool:
+    """Whether the request came with a live key (``sk_live_…``): live mode asks more of merchant URLs."""
+    key = request.auth
+    return isinstance(key, ApiKey) and key.prefix.startswith("sk_live_")
+
+
 class ApiKeyAuthentication(authentication.BaseAuthentication):
     def authenticate(self, request: Request) -> tuple[Merchant, ApiKey] | None:
         header = request.headers.get("Authorization", "")

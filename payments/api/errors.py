@@ -13,7 +13,7 @@ from rest_framework.response import Response
 from channels.base import ChannelError
 from payments import idempotency
 from payments.observability import current_trace_id
-from payments.services.errors import DuplicateError, OrderStateError, RefundExceedsAmount
+from payments.services.errors import DuplicateError, NoEndpoint, OrderStateError, RefundExceedsAmount
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,8 @@ def from_service_error(exc: Exception) -> ApiError | None:
         return ApiError(409, "invalid_request_error", exc.code, str(exc), param=exc.param)
     if isinstance(exc, RefundExceedsAmount):
         return ApiError(422, "invalid_request_error", "refund_exceeds_amount", str(exc), param="amount")
+    if isinstance(exc, NoEndpoint):
+        return ApiError(409, "invalid_request_error", "no_webhook_endpoint", str(exc))
     if isinstance(exc, idempotency.KeyReused):
         return ApiError(409, "idempotency_error", "idempotency_key_reused",
                         "this Idempotency-Key was used with a different request")

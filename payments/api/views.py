@@ -11,8 +11,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from payments import selectors, services
-from payments.api.auth import merchant_of
+from payments import selectors, services, webhook_http
+from payments.api.auth import is_live, merchant_of
 from payments.api.errors import invalid, not_found
 from payments.api.fields import (
     AmountField,
@@ -25,7 +25,7 @@ from payments.api.fields import (
 from payments.api.idempotency import Created, held_by_lock, stored_with_rows
 from payments.idempotency import Claim
 from payments.models import Event, Order, OrderStatus, Refund
-from payments.representations import event_json, order_json, refund_json
+from payments.representations import event_json, event_with_deliveries_json, order_json, refund_json
 
 CREATED_ORDER = Created(order_json)
 CREATED_REFUND = Created(refund_json)
@@ -57,6 +57,7 @@ def _order_of(request: Request, order_id: str) -> Order:
 
 
 ORDER_SCHEMA = inline_serializer("Order", {"id": serializers.CharField(), "status": serializers.CharField()})
+EVENT_SCHEMA = inline_serializer("Event", {"id": serializers.CharField(), "type": serializers.CharField()})
 REFUND_SCHEMA = inline_serializer("Refund", {"id": serializers.CharField(), "status": serializers.CharField()})
 
 
@@ -73,6 +74,15 @@ class OrdersView(APIView):
             child=StrictCharField(max_length=500, allow_blank=True), required=False, default=dict
         )
 
+        def validate_notify_url(self, value: str) -> str:
+            if value:
+                try:
+                    webhook_http.check_url(value, live=self.context["live"])
+                except webhook_http.UnsafeUrl as unsafe:
+                    raise serializers.ValidationError(f"notify_url is not allowed: {unsafe}",
+                                                      code="invalid_request") from None
+            return value
+
         def validate_metadata(self, value: dict[str, str]) -> dict[str, str]:
             if len(value) > 20 or any(len(k) > 40 for k in value):
                 raise serializers.ValidationError("metadata takes at most 20 keys of at most 40 characters",
@@ -87,7 +97,7 @@ class OrdersView(APIView):
     @stored_with_rows(CREATED_ORDER)
     def post(self, request: Request, idempotency_key: Claim | None) -> Response:
         merchant = merchant_of(request)
-        data = self.InputSerializer(data=request.data, context={"merchant": merchant})
+        data = self.InputSerializer(data=request.data, context={"merchant": merchant, "live": is_live(request)})
         data.is_valid(raise_exception=True)
         order, created = services.order_create(merchant=merchant, idempotency_key=idempotency_key,
                                                **data.validated_data)
@@ -161,6 +171,35 @@ class RefundView(APIView):
         if refund is None:
             raise not_found("refund")
         return Response(refund_json(refund))
+
+
+class EventView(APIView):
+    @extend_schema(responses={200: EVENT_SCHEMA})
+    def get(self, request: Request, event_id: str) -> Response:
+        return Response(event_with_deliveries_json(_event_of(request, event_id)))
+
+
+class EventRedeliverView(APIView):
+    @extend_schema(request=None, responses={202: EVENT_SCHEMA})
+    @held_by_lock
+    def post(self, request: Request, event_id: str) -> Response:
+        services.event_redeliver(event=_event_of(request, event_id))
+        return Response(event_with_deliveries_json(_event_of(request, event_id)), status=202)
+
+
+class WebhookSecretRotateView(APIView):
+    @extend_schema(request=None, responses={200: inline_serializer("WebhookSecret", {
+        "webhook_secret": serializers.CharField()})})
+    @held_by_lock
+    def post(self, request: Request) -> Response:
+        return Response({"webhook_secret": services.webhook_secret_rotate(merchant_id=merchant_of(request).pk)})
+
+
+def _event_of(request: Request, event_id: str) -> Event:
+    event = selectors.event_of(merchant=merchant_of(request), event_id=event_id)
+    if event is None:
+        raise not_found("event")
+    return event
 
 
 class EventsView(APIView):

@@ -19,5 +19,9 @@ class DuplicateError(Exception):
         return f"duplicate_{self.param}"
 
 
+class NoEndpoint(Exception):
+    """The event's order has no notify_url and its merchant no default endpoint: there is nowhere to send it."""
+
+
 class RefundExceedsAmount(Exception):
     """The refunds would exceed what was paid (API: 422 ``refund_exceeds_amount``)."""

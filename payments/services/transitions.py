@@ -17,6 +17,7 @@ from payments import metrics
 from payments.models import Event, Merchant, Order, OrderStatus, Refund, RefundState, TransitionLog
 from payments.observability import bind, current_trace_id
 from payments.representations import order_json, refund_json
+from payments.services.webhooks import deliveries_for_new_event
 
 log = logging.getLogger(__name__)
 
@@ -82,16 +83,21 @@ def log_created(obj: Order | Refund, source: str) -> None:
 
 
 def record_event(obj: Order | Refund) -> Event | None:
-    """The event merchants hear about for the state ``obj`` entered, if it is one they hear about."""
+    """The event merchants hear about for the state ``obj`` entered, if it is one they hear about, with its
+    webhook delivery."""
     if isinstance(obj, Order) and obj.status in ORDER_EVENTS:
-        return Event.objects.create(
+        event = Event.objects.create(
             merchant_id=obj.merchant_id, type=f"order.{obj.status}", order=obj, data=order_json(obj)
         )
+        deliveries_for_new_event(event, obj)
+        return event
     if isinstance(obj, Refund) and obj.status in REFUND_EVENTS:
-        return Event.objects.create(
+        event = Event.objects.create(
             merchant_id=obj.order.merchant_id, type=f"refund.{obj.status}", order=obj.order, refund=obj,
             data=refund_json(obj),
         )
+        deliveries_for_new_event(event, obj.order)
+        return event
     return None
 
 

@@ -197,6 +197,28 @@ def start_dispatcher(env: dict[str, str], log_path: Path) -> subprocess.Popen:
     return proc
 
 
+# Merchant webhooks in the e2e stack: receivers on loopback (tests/webhook_receiver.py), a compressed retry
+# schedule and a short timeout, and beat sending what is due every half second. Beat's other sweeps wait an hour:
+# the tests that need one run it themselves.
+WEBHOOK_ENV = {
+    "WEBHOOK_ALLOWED_HOSTS": "localhost,127.0.0.0/8,::1", "WEBHOOK_RETRY_SCHEDULE_S": "1,1,2",
+    "WEBHOOK_TIMEOUT_S": "3", "WEBHOOK_SWEEP_INTERVAL_S": "0.5", "SWEEP_INTERVAL_S": "3600",
+}
+
+
+def start_beat(env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "payments_site", "beat", "-l", "INFO",
+         "-s", str(log_path.with_name("beat-schedule"))],
+        cwd=ROOT, env={**env, "SERVICE": "beat"}, stdout=log_path.open("w"), stderr=subprocess.STDOUT,
+    )
+    wait_until(lambda: proc.poll() is not None or "Sending due task sweep-webhooks" in log_path.read_text(),
+               timeout_s=30, what=f"beat's first webhook sweep (see {log_path})")
+    if proc.poll() is not None:
+        pytest.fail(f"beat exited at start; see {log_path}")
+    return proc
+
+
 @pytest.fixture(scope="package")
 def worker(
     request: pytest.FixtureRequest, django_db_setup, live_server, sandbox_sim: Simulator,
@@ -221,6 +243,7 @@ def worker(
         "CHANNEL_BREAKER_OPEN_S": "1",
         # Keep every line: the tests read the worker's log (sampling has its own tests).
         "LOG_SAMPLE_RATE": "1", "LOG_SAMPLE_LOAD_TIERS": "",
+        **WEBHOOK_ENV,
     }
     for name in OTHER_SIMULATORS:
         try:
@@ -245,7 +268,9 @@ def worker(
     except BaseException:
         _stop(proc)
         raise
+    beat = start_beat(env, log_path.with_name("beat.log"))
     yield log_path
+    _stop(beat)
     _stop(dispatcher)
     _stop(proc)
 

@@ -17,7 +17,7 @@ from channels.base import CHINA_TIME, TradeResult, TradeStatus
 from payments import services as payment_services
 from payments.models import Order, TransitionLog
 from reconciliation.models import Discrepancy, Run
-from tests.conftest import make_actor
+from tests.conftest import Actor, make_actor
 from tests.e2e import orders
 from tests.e2e.conftest import Simulator
 from tests.e2e.orders import order_in, pay
@@ -115,12 +115,15 @@ def test_exactly_the_injected_discrepancies_are_reported_and_the_safe_one_is_set
     assert detail["discrepancies"]["total"] == 4 and detail["discrepancies"]["unresolved"] == 3
     report = finance.get(f"/api/v1/reconciliation/runs/{run.public_id}/report.csv")
     assert report.status_code == 200 and report["Content-Type"].startswith("text/csv")
-    rows = list(csv.reader(io.StringIO(b"".join(report.streaming_content).decode())))
+    csv_bytes = b"".join(report.streaming_content)  # type: ignore[attr-defined]  # a streamed answer
+    rows = list(csv.reader(io.StringIO(csv_bytes.decode())))
     header = rows.index(next(r for r in rows if r[:2] == ["kind", "status"]))
     assert {(r[0], r[3]) for r in rows[header + 1:]} == {(k, n) for k, n, _ in found(run)}
     xlsx = finance.get(f"/api/v1/reconciliation/runs/{run.public_id}/report.xlsx")
     assert xlsx.status_code == 200
-    sheet = openpyxl.load_workbook(io.BytesIO(b"".join(xlsx.streaming_content)), read_only=True).active
+    xlsx_bytes = b"".join(xlsx.streaming_content)  # type: ignore[attr-defined]  # a streamed answer
+    sheet = openpyxl.load_workbook(io.BytesIO(xlsx_bytes), read_only=True).active
+    assert sheet is not None
     cells = [list(r) for r in sheet.iter_rows(values_only=True)]
     start = next(i for i, r in enumerate(cells) if r[:2] == ["kind", "status"])
     assert {(r[0], r[3]) for r in cells[start + 1:]} == {(k, n) for k, n, _ in found(run)}
@@ -156,10 +159,8 @@ def test_a_clean_day_has_no_discrepancy_and_equal_fingerprints(sim: tuple[str, S
     assert run.totals["channel"]["net"] == 1051 - 50 - run.totals["channel"]["fees"]
 
 
-def _paid_at(merchant_name: str, number: str, at: dt.datetime, amount: int = 500) -> Order:
+def _paid_at(actor: Actor, number: str, at: dt.datetime, amount: int = 500) -> Order:
     """An order paid at ``at`` as the channel told us (the service a notification goes through)."""
-    actor = make_actor(merchant_name) if not hasattr(_paid_at, "actor") else _paid_at.actor  # type: ignore[attr-defined]
-    _paid_at.actor = actor  # type: ignore[attr-defined]
     order, _ = payment_services.order_create(merchant=actor.merchant, merchant_order_no=number, amount=amount,
                                              currency="CNY", channel="alipay")
     trade = TradeResult(order.public_id, TradeStatus.SUCCEEDED, amount=amount, currency="CNY",
@@ -171,13 +172,12 @@ def test_midnight_in_beijing_belongs_to_its_day_and_carry_overs_match_the_next_d
     db, alipay_sim: Simulator,
 ) -> None:
     alipay_sim.reset()
-    if hasattr(_paid_at, "actor"):
-        del _paid_at.actor  # type: ignore[attr-defined]
+    actor = make_actor("Midnight merchant")
     day = dt.date(2026, 12, 1)
     last_second = dt.datetime(2026, 12, 1, 23, 59, 59, tzinfo=CHINA_TIME)  # 15:59:59 UTC: still 1 December
-    late = _paid_at("Midnight merchant", "M-LAST", last_second)
+    late = _paid_at(actor, "M-LAST", last_second)
     # Our time says 1 December, Alipay booked it a few seconds later: on the 2nd's bill.
-    across = _paid_at("Midnight merchant", "M-ACROSS", last_second - dt.timedelta(seconds=2))
+    across = _paid_at(actor, "M-ACROSS", last_second - dt.timedelta(seconds=2))
     adjust(alipay_sim, day, {"add": [{"out_trade_no": late.public_id, "amount": 500,
                                       "at": last_second.isoformat()}]})
     adjust(alipay_sim, day + dt.timedelta(days=1), {"add": [{"out_trade_no": across.public_id, "amount": 500,

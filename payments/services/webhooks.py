@@ -1,0 +1,151 @@
+"""Merchant webhooks: a delivery per event and endpoint, attempts on a schedule, redelivery, secret rotation.
+
+A delivery is created with its event, in the transaction of the state change, and enqueued through the outbox.
+An attempt is two-phase like a channel call: claim the delivery and commit, POST outside any transaction, then
+record the answer in a new short transaction. The claim pushes ``next_attempt_at`` out by a lease, so a task
+that runs twice finds nothing due, and a worker that dies mid-POST leaves the delivery due again once the lease
+ends: the beat sweep (``sweep_webhooks``) sends it. Retries are scheduled in the database
+(``WEBHOOK_RETRY_SCHEDULE_S``, with jitter), never as broker countdowns.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import logging
+import random
+import secrets
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from payments import metrics, outbox, webhook_http
+from payments.models import Event, Merchant, Order, WebhookAttempt, WebhookDelivery
+from payments.observability import bind
+from payments.representations import event_json
+from payments.services.errors import NoEndpoint
+
+log = logging.getLogger(__name__)
+
+State = WebhookDelivery.State
+
+
+def endpoint_of(order: Order | None, merchant: Merchant) -> str:
+    return (order.notify_url if order is not None else "") or merchant.default_notify_url
+
+
+def delivery_create(*, event: Event, url: str) -> WebhookDelivery:
+    """A new delivery chain of ``event`` to ``url``, due now, enqueued when the caller's transaction commits."""
+    delivery = WebhookDelivery.objects.create(event=event, url=url, next_attempt_at=timezone.now())
+    outbox.enqueue(outbox.DELIVER_WEBHOOK, delivery.pk)
+    return delivery
+
+
+def deliveries_for_new_event(event: Event, order: Order | None) -> None:
+    """Called in the transaction that records ``event``: its delivery, if the merchant has an endpoint."""
+    url = endpoint_of(order, Merchant.objects.only("default_notify_url").get(pk=event.merchant_id))
+    if url:
+        delivery_create(event=event, url=url)
+
+
+def event_redeliver(*, event: Event) -> WebhookDelivery:
+    """Start a new delivery chain for ``event`` (the merchant's or ops' re-send); the old chains stay."""
+    url = endpoint_of(event.order, event.merchant)
+    if not url:
+        raise NoEndpoint("the event's order has no notify_url and the merchant no default endpoint")
+    with transaction.atomic():
+        delivery = delivery_create(event=event, url=url)
+    log.info("redelivery of %s to %s", event.public_id, url, extra={"event_id": event.public_id, "key_path": True})
+    return delivery
+
+
+def webhook_secret_rotate(*, merchant_id: int) -> str:
+    """A new webhook secret for the merchant, returned once. The previous one keeps signing (a second signature)
+    for ``WEBHOOK_SECRET_GRACE_S``, so that the merchant can switch its verification without losing a webhook."""
+    new_secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+    with transaction.atomic():
+        merchant = Merchant.objects.select_for_update().get(pk=merchant_id)
+        merchant.previous_webhook_secret = merchant.webhook_secret
+        merchant.previous_webhook_secret_until = timezone.now() + dt.timedelta(seconds=settings.WEBHOOK_SECRET_GRACE_S)
+        merchant.webhook_secret = new_secret
+        merchant.save(update_fields=["webhook_secret", "previous_webhook_secret", "previous_webhook_secret_until"])
+    log.warning("webhook secret of %s rotated", merchant.public_id, extra={"merchant_id": merchant.public_id})
+    return new_secret
+
+
+def signing_secrets(merchant: Merchant, *, now: dt.datetime) -> list[str]:
+    """The secrets that sign now: the current one, and the previous one during its grace period."""
+    valid = [merchant.webhook_secret]
+    until = merchant.previous_webhook_secret_until
+    if merchant.previous_webhook_secret and until is not None and until > now:
+        valid.append(merchant.previous_webhook_secret)
+    return valid
+
+
+def _lease() -> dt.timedelta:
+    # Longer than any attempt can take, so that a live attempt is never taken for lost.
+    return dt.timedelta(seconds=settings.WEBHOOK_TIMEOUT_S + 30)
+
+
+def retry_delay(attempts: int) -> dt.timedelta | None:
+    """How long after failed attempt number ``attempts`` the next one is due, or None after the last."""
+    schedule = settings.WEBHOOK_RETRY_SCHEDULE_S
+    if attempts > len(schedule):
+        return None
+    # Up to 10 % later, so that the deliveries of a receiver that was down do not all come back at once.
+    return dt.timedelta(seconds=schedule[attempts - 1] * random.uniform(1.0, 1.1))
+
+
+def webhook_deliver(*, delivery_id: int) -> WebhookAttempt | None:
+    """Make the attempt that is due, if one is (the delivery task's body). Returns the attempt made, if any."""
+    now = timezone.now()
+    with transaction.atomic():
+        delivery = (WebhookDelivery.objects.select_for_update(skip_locked=True).select_related("event__merchant")
+                    .filter(pk=delivery_id, state=State.PENDING, next_attempt_at__lte=now).first())
+        if delivery is None:
+            return None  # not due, done, or another worker has it right now
+        delivery.attempts += 1
+        delivery.next_attempt_at = now + _lease()
+        delivery.save(update_fields=["attempts", "next_attempt_at", "updated_at"])
+    event, merchant = delivery.event, delivery.event.merchant
+    bind(merchant_id=merchant.public_id)
+    body = json.dumps(event_json(event), separators=(",", ":")).encode()
+    # The scheme was checked when the URL was given (https with live keys); the address is checked again here.
+    answer = webhook_http.post(delivery.url, body, msg_id=event.public_id,
+                               secrets=signing_secrets(merchant, now=now), live=False)
+    return _record(delivery.pk, number=delivery.attempts, at=now, answer=answer)
+
+
+def _record(delivery_id: int, *, number: int, at: dt.datetime, answer: webhook_http.Answer) -> WebhookAttempt:
+    with transaction.atomic():
+        delivery = WebhookDelivery.objects.select_for_update().select_related("event").get(pk=delivery_id)
+        attempt = WebhookAttempt.objects.create(delivery=delivery, number=number, at=at, http_status=answer.status,
+                                                latency_ms=answer.latency_ms, error=answer.error)
+        delivery.last_status = answer.status
+        delivery.last_error = answer.error
+        if answer.delivered:
+            delivery.state, delivery.delivered_at, delivery.next_attempt_at = State.DELIVERED, timezone.now(), None
+            outcome = "delivered"
+        elif (delay := retry_delay(number)) is not None:
+            delivery.next_attempt_at = timezone.now() + delay
+            outcome = "retrying"
+        else:
+            delivery.state, delivery.next_attempt_at = State.FAILED, None
+            outcome = "failed"
+        delivery.save(update_fields=["state", "delivered_at", "next_attempt_at", "last_status", "last_error",
+                                     "updated_at"])
+    metrics.WEBHOOK_DELIVERIES.labels(outcome=outcome).inc()
+    metrics.WEBHOOK_ATTEMPT_SECONDS.observe(answer.latency_ms / 1000)
+    extra = {"event_id": delivery.event.public_id, "attempt": number, "outcome": outcome}
+    if outcome == "failed":
+        log.error("webhook %s to %s failed for good after %d attempts: %s", delivery.event.public_id, delivery.url,
+                  number, answer.error, extra={**extra, "key_path": True})
+    elif outcome == "retrying":
+        log.warning("webhook %s to %s attempt %d: %s; next at %s", delivery.event.public_id, delivery.url, number,
+                    answer.error, delivery.next_attempt_at, extra=extra)
+    else:
+        log.info("webhook %s delivered to %s (attempt %d)", delivery.event.public_id, delivery.url, number,
+                 extra=extra)
+    return attempt

@@ -1,0 +1,172 @@
+"""Merchant webhook URLs and the POST that delivers an event: checked, signed, sent to the address checked.
+
+Merchants choose these URLs, so a URL is untrusted: it must not make our servers talk to our own network (SSRF).
+A URL is refused when its host is, or resolves to, a private, loopback, link-local (169.254.0.0/16, where cloud
+metadata lives), multicast, reserved or unspecified address, unless ``WEBHOOK_ALLOWED_HOSTS`` lists it. The check
+runs when a merchant gives the URL, and again at each send: a name may resolve elsewhere by then, so the send
+connects to the address it checked, never to a second lookup's answer.
+
+Signing is the Standard Webhooks reference library's, nothing hand-written: ``webhook-id`` (the event id, the same
+on every attempt), ``webhook-timestamp`` and ``webhook-signature``, with one signature per valid secret.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import httpx
+from django.conf import settings
+from standardwebhooks import Webhook
+
+USER_AGENT = "payments-processor-webhooks/1.0 (+https://github.com/payments-processor)"
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class UnsafeUrl(Exception):
+    """A webhook URL we must not send to; the message says why, in words a merchant can act on."""
+
+
+def _allowed(host: str, address: Address | None) -> bool:
+    for entry in settings.WEBHOOK_ALLOWED_HOSTS:
+        if entry.lower() == host.lower():
+            return True
+        if address is not None:
+            try:
+                if address in ipaddress.ip_network(entry, strict=False):
+                    return True
+            except ValueError:
+                continue  # a host name, compared above
+    return False
+
+
+def _forbidden(address: Address) -> bool:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # ::ffff:10.0.0.1 is 10.0.0.1
+    return (address.is_private or address.is_loopback or address.is_link_local or address.is_multicast
+            or address.is_reserved or address.is_unspecified)
+
+
+def _parts(url: str, *, live: bool) -> tuple[str, str, int]:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UnsafeUrl("the URL must be http(s) with a host")
+    if live and parts.scheme != "https":
+        raise UnsafeUrl("with a live key the URL must be https")
+    if parts.username or parts.password:
+        raise UnsafeUrl("the URL must not carry credentials")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise UnsafeUrl("the URL's port is not valid") from None
+    return parts.scheme, parts.hostname, port
+
+
+def _check_addresses(host: str, addresses: Sequence[Address]) -> None:
+    for address in addresses:
+        if _forbidden(address) and not _allowed(host, address):
+            raise UnsafeUrl(f"the URL's host {host} is or resolves to a private or reserved address ({address})")
+
+
+def resolve(host: str, port: int) -> list[Address]:
+    """Every address ``host`` has now (a literal address is itself)."""
+    try:
+        return [ipaddress.ip_address(host)]
+    except ValueError:
+        pass
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos))
+
+
+def check_url(url: str, *, live: bool) -> None:
+    """Refuse (``UnsafeUrl``) a webhook URL that points where we must not send. A name that does not resolve now
+    is let through: it cannot reach anything yet, and the send checks it again."""
+    _, host, port = _parts(url, live=live)
+    if host.lower() == "localhost" and not _allowed(host, None):
+        raise UnsafeUrl("the URL's host is localhost")
+    try:
+        addresses = resolve(host, port)
+    except OSError:
+        return
+    _check_addresses(host, addresses)
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int | None  # None: no answer (timeout, refused connection, unsafe address)
+    latency_ms: int
+    error: str = ""
+
+    @property
+    def delivered(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+
+def signature(body: bytes, *, msg_id: str, at: dt.datetime, secrets: Sequence[str]) -> str:
+    """``webhook-signature``: one ``v1,<base64>`` per valid secret, space-separated (the current one first)."""
+    return " ".join(Webhook(secret).sign(msg_id, at, body) for secret in secrets)
+
+
+_clients: dict[str, httpx.Client] = {}
+_clients_lock = threading.Lock()
+
+
+def _client(key: str) -> httpx.Client:
+    """One client (and connection pool) per target, shared by the threads of a worker: connections are reused per
+    host. Redirects are never followed: a 3xx is not a delivery, and following one would skip the address check."""
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None:
+            client = httpx.Client(
+                follow_redirects=False, timeout=httpx.Timeout(settings.WEBHOOK_TIMEOUT_S),
+                limits=httpx.Limits(max_connections=20, max_keepalive_connections=5), trust_env=False,
+            )
+            _clients[key] = client
+        return client
+
+
+def post(url: str, body: bytes, *, msg_id: str, secrets: Sequence[str], live: bool) -> Answer:
+    """POST ``body`` to ``url`` signed with ``secrets``; never raises. Connects to the address that was checked."""
+    started = time.monotonic()
+
+    def answer(status: int | None, error: str = "") -> Answer:
+        return Answer(status, int((time.monotonic() - started) * 1000), error[:200])
+
+    try:
+        scheme, host, port = _parts(url, live=live)
+        addresses = resolve(host, port)
+        _check_addresses(host, addresses)
+    except UnsafeUrl as unsafe:
+        return answer(None, f"refused: {unsafe}")
+    except OSError as exc:
+        return answer(None, f"could not resolve {host}: {exc}")
+    address = addresses[0]
+    at = dt.datetime.now(dt.UTC)
+    headers = {
+        "Host": host if port in (80, 443) else f"{host}:{port}",
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(at.timestamp())),
+        "webhook-signature": signature(body, msg_id=msg_id, at=at, secrets=secrets),
+    }
+    # The request goes to the checked address; the name still travels as the Host header and, for https, as
+    # the TLS server name (so the certificate is checked against the name, not the address).
+    target = httpx.URL(url).copy_with(host=str(address))
+    extensions = {"sni_hostname": host} if scheme == "https" else {}
+    client = _client(f"{scheme}://{address}:{port}")
+    try:
+        request = client.build_request("POST", target, content=body, headers=headers, extensions=extensions)
+        response = client.send(request, stream=True)
+        response.close()  # the body is not read: only the status decides
+    except httpx.TimeoutException:
+        return answer(None, f"no answer within {settings.WEBHOOK_TIMEOUT_S:g} s")
+    except httpx.HTTPError as exc:
+        return answer(None, f"{type(exc).__name__}: {exc}")
+    return answer(response.status_code, "" if 200 <= response.status_code < 300 else f"HTTP {response.status_code}")
