@@ -53,3 +53,14 @@ def fee_from_major(value: str, currency: str) -> int:
         return 0
     scaled = _decimal(value).scaleb(exponent(currency))
     return int(scaled.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def format_money(amount: int | None, currency: str) -> str:
+    """An amount as people read it, with its currency: ``1050, "CNY"`` → ``"10.50 CNY"``, ``500, "JPY"`` →
+    ``"500 JPY"``; ``None`` → ``""``. A currency of unknown minor unit shows its minor units, and says so."""
+    if amount is None:
+        return ""
+    try:
+        return f"{to_major(amount, currency)} {currency}"
+    except ValueError:
+        return f"{amount} (minor units) {currency}".strip()

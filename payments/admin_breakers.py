@@ -1,6 +1,7 @@
 """The admin page of the channels' circuit breakers (``/admin/breakers/``): each configured channel account
-with its shared state, and, for superusers, the buttons that force it open or closed or give it back to the
-automatic rules. Breakers have no model: their state is in Redis (``channels/breaker.py``)."""
+with its shared state, and, for ops, the buttons that force it open or closed or give it back to the
+automatic rules. Breakers have no model: their state is in Redis (``channels/breaker.py``). Forcing one takes the
+permission ``payments.operate_breaker`` (the ops group, and superusers)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from django.views.decorators.http import require_http_methods
 
 from channels.breaker import MODES
 from channels.registry import breakers
+from payments import services
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +26,8 @@ log = logging.getLogger(__name__)
 def breakers_view(request: HttpRequest) -> HttpResponse:
     by_key = {breaker.key: breaker for breaker in breakers()}
     if request.method == "POST":
-        # Forcing a breaker stops or lets through every payment of an account: superusers only.
-        if not request.user.is_superuser:
+        # Forcing a breaker stops or lets through every payment of an account: ops only.
+        if not request.user.has_perm("payments.operate_breaker"):
             raise PermissionDenied
         breaker, mode = by_key.get(request.POST.get("key", "")), request.POST.get("mode", "")
         if breaker is None or mode not in MODES:
@@ -40,6 +42,8 @@ def breakers_view(request: HttpRequest) -> HttpResponse:
                     "%s set the circuit breaker of %s %s to %s", request.user.get_username(), breaker.channel,
                     breaker.account, mode, extra={"channel": breaker.channel, "breaker_mode": mode, "key_path": True},
                 )
+                services.admin_action_log(object_type="breaker", object_id=f"{breaker.channel}:{breaker.account}",
+                                          action="breaker_mode", by=request.user.get_username(), outcome=mode)
                 messages.success(request, f"{breaker.channel} {breaker.account}: {mode}.")
         return HttpResponseRedirect(request.path)
     rows = []
@@ -55,7 +59,7 @@ def breakers_view(request: HttpRequest) -> HttpResponse:
         })
     context = {
         **admin.site.each_context(request), "title": "Channel circuit breakers", "rows": rows, "modes": MODES,
-        "can_change": request.user.is_superuser,
+        "can_change": request.user.has_perm("payments.operate_breaker"),
     }
     return TemplateResponse(request, "admin/breakers.html", context)
 

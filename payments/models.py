@@ -159,6 +159,15 @@ class Order(FSMModelMixin, models.Model):
             models.Index(fields=["attention"], condition=~Q(attention=""), name="order_attention"),
             # Reconciliation's day of a channel; an unpaid order (every create) has no entry in it.
             models.Index(fields=["channel", "paid_at"], condition=Q(paid_at__isnull=False), name="order_channel_paid"),
+            # The admin's day (its dashboard, the lists' dates): rows are written in created_at order, so a BRIN
+            # index serves a day's range for next to nothing on each insert.
+            BrinIndex(fields=["created_at"], name="order_created_brin"),
+        ]
+        # The admin's actions (payments/admin.py); the staff groups hold them (payments/staff.py). The breakers
+        # have no model of their own: forcing one is an order operation here.
+        permissions = [
+            ("operate_order", "Can re-query, close, retry and refund orders and decide on late payments"),
+            ("operate_breaker", "Can force a channel circuit breaker open or closed"),
         ]
 
     def __str__(self) -> str:
@@ -321,6 +330,7 @@ class Event(models.Model):
     class Meta:
         constraints = [_public_id_unique("event")]
         indexes = [models.Index(fields=["merchant", "-id"], name="event_merchant_recent")]
+        permissions = [("redeliver_event", "Can send an event's webhooks again")]
 
 
 class ChannelNotification(models.Model):
@@ -379,6 +389,7 @@ class WebhookDelivery(models.Model):
     delivered_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
+        verbose_name_plural = "webhook deliveries"
         indexes = [
             # The sweep's query: only pending rows are in it, so delivered ones cost nothing.
             models.Index(fields=["next_attempt_at"], condition=Q(state="pending"), name="webhook_delivery_due"),

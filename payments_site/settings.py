@@ -285,6 +285,10 @@ SENTRY_DSN = env.str("SENTRY_DSN", default="")
 SENTRY_ENVIRONMENT = env.str("SENTRY_ENVIRONMENT", default="development" if DEBUG else "production")
 SENTRY_RELEASE = env.str("SENTRY_RELEASE", default="")
 
+# The admin links an order to its trace with this URL, "{trace_id}" filled in (Jaeger:
+# http://jaeger:16686/trace/{trace_id}, Grafana Tempo: its explore URL); empty shows no link.
+TRACE_URL_TEMPLATE = env.str("TRACE_URL_TEMPLATE", default="")
+
 # Metrics (prometheus_client multiprocess mode): every process of a host writes its samples under one
 # directory, which /metrics reads. Deployments set it to a directory emptied when the host's processes start
 # (`make run` does); without one, this process and its children (the tests' worker) share a fresh one.

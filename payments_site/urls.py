@@ -3,6 +3,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from payments import admin_breakers, callbacks, health
+from payments_site.dashboard import dashboard_view
 from payments_site.metrics import metrics_view
 
 urlpatterns = [
@@ -14,6 +15,7 @@ urlpatterns = [
     path("healthz", health.healthz),
     path("readyz", health.readyz),
     path("metrics", metrics_view),
+    path("admin/dashboard/", admin.site.admin_view(dashboard_view), name="admin-dashboard"),
     path("admin/breakers/", admin.site.admin_view(admin_breakers.breakers_view), name="admin-breakers"),
     path("admin/", admin.site.urls),
 ]

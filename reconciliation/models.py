@@ -52,6 +52,7 @@ class Run(models.Model):
         ]
         indexes = [models.Index(fields=["business_date", "channel"], name="recon_run_date")]
         ordering = ["-business_date", "channel", "-version"]
+        permissions = [("download_report", "Can download a reconciliation run's reports")]
 
     def __str__(self) -> str:
         return f"{self.channel} {self.business_date} v{self.version}"
@@ -105,6 +106,7 @@ class Discrepancy(models.Model):
 
     class Meta:
         ordering = ["id"]
+        verbose_name_plural = "discrepancies"
         indexes = [
             models.Index(fields=["status"], condition=~models.Q(status="auto_resolved"), name="recon_disc_status"),
             models.Index(fields=["awaits_date"], condition=models.Q(status="carry_over"), name="recon_disc_carry"),

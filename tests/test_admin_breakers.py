@@ -1,4 +1,4 @@
-"""The admin page of the circuit breakers: staff see each channel account's state, superusers force it."""
+"""The admin page of the circuit breakers: staff see each channel account's state, ops (and superusers) force it."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from django.test import Client
 
 from channels.breaker import SharedBreaker
 from channels.registry import breakers
+from payments.models import TransitionLog
+from tests.admin_support import staff_groups, staff_user
 
 URL = "/admin/breakers/"
 
@@ -51,3 +53,19 @@ def test_other_staff_see_the_states_but_cannot_force_them(sandbox_breaker: Share
     assert staff.post(URL, {"key": sandbox_breaker.key, "mode": "force_open"}).status_code == 403
     assert sandbox_breaker.status()["mode"] == "auto"
     assert logged_in(User.objects.create_user("merchant", "m@example.com", "x")).get(URL).status_code == 302
+
+
+@pytest.mark.django_db
+def test_ops_force_a_breaker_and_it_is_logged(sandbox_breaker: SharedBreaker) -> None:
+    staff_groups()
+    ops = logged_in(staff_user("olga", "ops"))
+    assert 'value="force_open"' in ops.get(URL).content.decode()
+    assert ops.post(URL, {"key": sandbox_breaker.key, "mode": "force_open"}).status_code == 302
+    assert sandbox_breaker.status()["mode"] == "force_open"
+    row = TransitionLog.objects.get(object_type="breaker")
+    assert (row.detail["by"], row.detail["outcome"]) == ("olga", "force_open")
+    for name, group in (("fiona", "finance"), ("sam", "support")):
+        other = logged_in(staff_user(name, group))
+        assert 'value="force_open"' not in other.get(URL).content.decode()
+        assert other.post(URL, {"key": sandbox_breaker.key, "mode": "auto"}).status_code == 403
+    assert sandbox_breaker.status()["mode"] == "force_open"

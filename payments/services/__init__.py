@@ -9,6 +9,7 @@
 Callers use the names below, ``payments.services.<name>``.
 """
 
+from payments.services.admin_actions import admin_action_log
 from payments.services.errors import DuplicateError, NoEndpoint, OrderStateError, RefundExceedsAmount
 from payments.services.merchants import api_key_create, api_key_rotate, hash_key, merchant_create
 from payments.services.notifications import notification_apply, notification_receive
@@ -31,6 +32,7 @@ from payments.services.refunds import (
     refund_request,
     refund_submit,
 )
+from payments.services.transitions import acting_as
 from payments.services.webhooks import (
     event_redeliver,
     webhook_deliver,
@@ -38,6 +40,7 @@ from payments.services.webhooks import (
 )
 
 __all__ = [
+    "acting_as", "admin_action_log",
     "DuplicateError", "NoEndpoint", "OrderStateError", "RefundExceedsAmount",
     "api_key_create", "api_key_rotate", "hash_key", "merchant_create",
     "notification_apply", "notification_receive",

@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 
 
 def refund_request(
-    *, order_id: int, merchant_refund_no: str, amount: int, reason: str = "", idempotency_key: Claim | None = None
+    *, order_id: int, merchant_refund_no: str, amount: int, reason: str = "", idempotency_key: Claim | None = None,
+    source: str = Source.API,
 ) -> tuple[Refund, bool]:
     """Accept a refund of a paid order and enqueue it. Returns (refund, created).
 
@@ -60,7 +61,7 @@ def refund_request(
                     f"refunds would total {committed + amount}, more than the {order.amount} paid"
                 )
             refund = _refund_create(order, merchant_refund_no=merchant_refund_no, amount=amount, reason=reason,
-                                    source=Source.API)
+                                    source=source)
             if idempotency_key is not None:
                 idempotency_key.record_for(refund).save()
     except IntegrityError as exc:

@@ -7,7 +7,10 @@ hear about, and (after commit) the metric.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
+from contextvars import ContextVar
 from functools import lru_cache
 from typing import Any
 
@@ -26,6 +29,20 @@ Source = TransitionLog.Source
 # Order and refund states that merchants hear about as events.
 ORDER_EVENTS = {OrderStatus.PENDING, OrderStatus.SUCCEEDED, OrderStatus.FAILED, OrderStatus.CLOSED}
 REFUND_EVENTS = {RefundState.SUCCEEDED, RefundState.FAILED}
+
+# The staff user on whose behalf the current code runs (an admin action): written as "by" in the detail of
+# every log row written meanwhile, whichever service writes it.
+_ACTOR: ContextVar[str] = ContextVar("payments_actor", default="")
+
+
+@contextlib.contextmanager
+def acting_as(by: str) -> Iterator[None]:
+    """Log every transition fired inside the block as done by ``by`` (a staff user's name)."""
+    token = _ACTOR.set(by)
+    try:
+        yield
+    finally:
+        _ACTOR.reset(token)
 
 
 def fire(obj: Order | Refund, name: str, *, source: str, detail: dict | None = None, **kwargs: Any) -> None:
@@ -59,6 +76,8 @@ def log_row(
     obj: Order | Refund, *, transition: str, from_state: str, source: str, detail: dict | None = None
 ) -> TransitionLog:
     """The transition log row of a change of ``obj`` (not saved: the order create writes it in its statement)."""
+    if by := _ACTOR.get():
+        detail = {"by": by, **(detail or {})}
     return TransitionLog(
         object_type=kind_of(obj),
         object_id=obj.public_id,
