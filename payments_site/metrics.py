@@ -12,6 +12,8 @@ import logging
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_safe
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,8 @@ def registry(*, with_state: bool) -> CollectorRegistry:
     return registry
 
 
+@csrf_exempt  # so that any other method is a 405, not the CSRF check's 403
+@require_safe
 def metrics_view(request: HttpRequest) -> HttpResponse:
     return HttpResponse(generate_latest(registry(with_state=True)), content_type=CONTENT_TYPE_LATEST)
 

@@ -79,6 +79,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "payments_site.tracing.TraceIdMiddleware",  # after OpenTelemetry's, which the instrumentation puts first
+    "payments.api.middleware.ApiRequestGuardMiddleware",  # NULs and oversized bodies under /api/: 400/413
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -137,7 +138,7 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["payments.api.auth.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["payments.api.parsers.DepthLimitedJSONParser"],
     "EXCEPTION_HANDLER": "payments.api.errors.exception_handler",
     "DEFAULT_THROTTLE_CLASSES": ["payments.api.auth.MerchantRateThrottle"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -152,6 +153,23 @@ SPECTACULAR_SETTINGS = {
     # Serve Swagger UI from our own static files, not a CDN: the docs work offline and leak nothing.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    # The schema is API.md's contract (payments/api/schema.py): request and answer shapes apart, named enums,
+    # links between operations, and the endpoints that are not DRF views.
+    "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "payments.api.schema.postprocess"],
+    "ENUM_NAME_OVERRIDES": {
+        "OrderStatusEnum": "payments.models.OrderStatus",
+        "RefundStatusEnum": "payments.models.RefundState",
+        "DeliveryStateEnum": "payments.models.WebhookDelivery.State",
+        "CurrencyEnum": ["CNY", "EUR", "JPY", "USD"],
+        "ChannelEnum": ["alipay", "wechatpay", "sandbox"],
+        "EventTypeEnum": "payments.api.schema.EVENT_TYPES",
+        "ErrorTypeEnum": "payments.api.schema.ERROR_TYPES",
+        "OrderObjectEnum": ["order"], "RefundObjectEnum": ["refund"], "EventObjectEnum": ["event"],
+        "ListObjectEnum": ["list"],
+    },
+    "TAGS": [{"name": "orders"}, {"name": "refunds"}, {"name": "events"}, {"name": "reconciliation"},
+             {"name": "operations"}, {"name": "callbacks"}],
 }
 # drf-spectacular's deploy check generates the schema and reports each gap in the API docs as a warning.
 # Those are documentation, not deployment safety: `check --deploy --fail-level WARNING` gates a release on
@@ -161,6 +179,9 @@ SILENCED_SYSTEM_CHECKS = ["drf_spectacular.W001", "drf_spectacular.W002"]
 
 # Payments
 DEFAULT_PER_ORDER_LIMIT = env.int("DEFAULT_PER_ORDER_LIMIT", default=100_000_000)
+# The largest request body the API reads (a create is well under 10 KB); larger ones are 413. Channel callbacks
+# are bounded by Django's DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB) instead.
+API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=1024 * 1024)
 DEFAULT_RATE_LIMIT_PER_S = env.int("DEFAULT_RATE_LIMIT_PER_S", default=100)
 IDEMPOTENCY_TTL_S = env.int("IDEMPOTENCY_TTL_S", default=24 * 3600)
 # How long a web process trusts a key it has read: a revoked key is refused everywhere within this time.

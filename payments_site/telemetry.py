@@ -60,6 +60,9 @@ def setup_tracing() -> None:
     # producer span injects the trace into the message, the consumer span continues it in the worker;
     # httpx: the channel calls. These carry the trace id everywhere, so they are always on.
     DjangoInstrumentor().instrument()
+    # Before OpenTelemetry's middleware (which the line above put first): Django has already decoded PATH_INFO,
+    # and OpenTelemetry's URL builder crashes on a path character beyond latin-1 (a 500 for any such URL).
+    settings.MIDDLEWARE.insert(0, "payments.api.middleware.WsgiPathInfoMiddleware")
     CeleryInstrumentor().instrument()
     HTTPXClientInstrumentor().instrument(request_hook=_drop_query_string)
     if processor is not None:

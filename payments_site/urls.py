@@ -19,3 +19,7 @@ urlpatterns = [
     path("admin/breakers/", admin.site.admin_view(admin_breakers.breakers_view), name="admin-breakers"),
     path("admin/", admin.site.urls),
 ]
+
+# Under /api/ every answer is the error envelope, also for paths no view matches and for crashes outside a view.
+handler404 = "payments.api.errors.handler404"
+handler500 = "payments.api.errors.handler500"

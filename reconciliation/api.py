@@ -4,6 +4,8 @@ authentication. A merchant's key authenticates (so it is told 403, not 401); no 
 from __future__ import annotations
 
 from django.http import FileResponse, StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import authentication, permissions, serializers
 from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
@@ -11,6 +13,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from payments.api.auth import ApiKeyAuthentication
+from payments.api.schema import errors, id_path
 from reconciliation import reports, selectors
 from reconciliation.models import Run
 
@@ -40,6 +43,12 @@ class FinanceView(APIView):
         return run
 
 
+# Runs are described loosely (their totals and counts are keyed by kind and currency): an object with an id.
+RUN = OpenApiResponse(OpenApiTypes.OBJECT, description="A reconciliation run: totals and discrepancy counts")
+RUNS = OpenApiResponse(OpenApiTypes.OBJECT, description='`{"object": "list", "data": [runs], "has_more": bool}`')
+FINANCE_ERRORS = errors(403, 404)
+
+
 class RunsView(FinanceView):
     class InputSerializer(serializers.Serializer):
         date = serializers.DateField(required=False)
@@ -47,6 +56,8 @@ class RunsView(FinanceView):
         limit = serializers.IntegerField(required=False, min_value=1, max_value=100, default=20)
         starting_after = serializers.CharField(required=False, max_length=32)
 
+    @extend_schema(operation_id="reconciliation_runs_list", tags=["reconciliation"], parameters=[InputSerializer],
+                   responses={200: RUNS, **FINANCE_ERRORS})
     def get(self, request: Request) -> Response:
         query = self.InputSerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
@@ -64,11 +75,17 @@ class RunsView(FinanceView):
 
 
 class RunView(FinanceView):
+    @extend_schema(operation_id="reconciliation_runs_get", tags=["reconciliation"],
+                   parameters=[id_path("run_id", "rec")], responses={200: RUN, **FINANCE_ERRORS})
     def get(self, request: Request, run_id: str) -> Response:
         return Response(selectors.run_json(self.get_run(run_id)))
 
 
 class RunReportCsvView(FinanceView):
+    @extend_schema(operation_id="reconciliation_report_csv", tags=["reconciliation"],
+                   parameters=[id_path("run_id", "rec")],
+                   responses={(200, "text/csv"): OpenApiResponse(OpenApiTypes.STR, description="Every discrepancy"),
+                              **FINANCE_ERRORS})
     def get(self, request: Request, run_id: str) -> StreamingHttpResponse:
         run = self.get_run(run_id)
         response = StreamingHttpResponse(reports.csv_chunks(run), content_type="text/csv; charset=utf-8")
@@ -77,6 +94,11 @@ class RunReportCsvView(FinanceView):
 
 
 class RunReportXlsxView(FinanceView):
+    @extend_schema(operation_id="reconciliation_report_xlsx", tags=["reconciliation"],
+                   parameters=[id_path("run_id", "rec")],
+                   responses={(200, "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"):
+                              OpenApiResponse(OpenApiTypes.BINARY, description="Every discrepancy"),
+                              **FINANCE_ERRORS})
     def get(self, request: Request, run_id: str) -> FileResponse:
         run = self.get_run(run_id)
         return FileResponse(

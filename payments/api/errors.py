@@ -5,8 +5,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from django.db import OperationalError
-from django.http import Http404
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.db import DataError, OperationalError
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views import defaults
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 
@@ -36,20 +39,53 @@ def not_found(what: str = "object") -> ApiError:
     return ApiError(404, "invalid_request_error", "not_found", f"no such {what}")
 
 
-def envelope(error: ApiError) -> Response:
+def too_large(limit: int) -> ApiError:
+    return ApiError(413, "invalid_request_error", "request_too_large",
+                    f"the request body is larger than {limit} bytes")
+
+
+def _envelope_body(error: ApiError) -> dict[str, Any]:
     # Every error has the same five keys (API.md); ``param`` is null when no single field is at fault.
-    body: dict[str, Any] = {
+    return {"error": {
         "type": error.type, "code": error.code, "message": error.message, "param": error.param,
         "trace_id": current_trace_id(),
-    }
-    return Response({"error": body}, status=error.status_code, headers=error.headers)
+    }}
+
+
+def envelope(error: ApiError) -> Response:
+    return Response(_envelope_body(error), status=error.status_code, headers=error.headers)
+
+
+def envelope_response(error: ApiError) -> HttpResponse:
+    """The envelope as a plain Django response, for refusals made outside DRF (middleware, error handlers)."""
+    response = JsonResponse(_envelope_body(error), status=error.status_code)
+    for name, value in error.headers.items():
+        response[name] = value
+    return response
+
+
+def is_api_path(request: HttpRequest) -> bool:
+    return request.path_info.startswith("/api/")
+
+
+def handler404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """Django's 404 for paths no view matched: the envelope under /api/, the HTML page elsewhere (admin)."""
+    if is_api_path(request):
+        return envelope_response(not_found("resource"))
+    return defaults.page_not_found(request, exception or Http404())
+
+
+def handler500(request: HttpRequest) -> HttpResponse:
+    if is_api_path(request):
+        return envelope_response(INTERNAL_ERROR)
+    return defaults.server_error(request)
 
 
 # DRF's own validation codes, in our words; codes our fields raise themselves pass through unchanged.
 GENERIC_CODES = {"required": "parameter_missing", "null": "parameter_invalid", "blank": "parameter_invalid"} | {
     drf_code: "parameter_invalid"
     for drf_code in ("max_length", "min_length", "max_value", "min_value", "max_string_length", "not_a_dict",
-                     "not_a_list", "invalid_choice", "empty")
+                     "not_a_list", "invalid_choice", "empty", "null_characters_not_allowed")
 }
 
 
@@ -91,6 +127,10 @@ def from_service_error(exc: Exception) -> ApiError | None:
     return None
 
 
+INTERNAL_ERROR = ApiError(status.HTTP_500_INTERNAL_SERVER_ERROR, "api_error", "internal_error",
+                          "an internal error occurred")
+
+
 def exception_handler(exc: Exception, context: dict) -> Response:
     if isinstance(exc, ApiError):
         return envelope(exc)
@@ -99,8 +139,18 @@ def exception_handler(exc: Exception, context: dict) -> Response:
         return envelope(refusal)
     if isinstance(exc, exceptions.ValidationError):
         return envelope(from_validation_error(exc))
-    if isinstance(exc, exceptions.ParseError):
+    if isinstance(exc, (exceptions.ParseError, RecursionError)):
         return envelope(invalid("invalid_json", "the request body is not valid JSON"))
+    if isinstance(exc, RequestDataTooBig):
+        return envelope(too_large(settings.API_MAX_BODY_BYTES))
+    if isinstance(exc, UnicodeEncodeError):
+        # A lone surrogate (``"\ud800"`` is valid JSON) cannot be encoded for the database.
+        return envelope(invalid("parameter_invalid", "a parameter holds text that is not valid Unicode"))
+    if isinstance(exc, DataError):
+        # PostgreSQL refused a value the validation let through (a NUL character, an out-of-range number):
+        # the request's fault, not ours. The API middleware refuses NULs in paths and queries before this.
+        log.warning("database refused a request value: %s", type(exc.__cause__ or exc).__name__)
+        return envelope(invalid("parameter_invalid", "a parameter holds a value that cannot be stored"))
     if isinstance(exc, exceptions.UnsupportedMediaType):
         return envelope(invalid("unsupported_media_type", "send JSON with Content-Type: application/json"))
     if isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)):
@@ -131,6 +181,4 @@ def exception_handler(exc: Exception, context: dict) -> Response:
             ApiError(503, "api_error", "service_unavailable", "the service is unavailable; retry with the same key")
         )
     log.exception("unhandled error in API view")
-    return envelope(
-        ApiError(status.HTTP_500_INTERNAL_SERVER_ERROR, "api_error", "internal_error", "an internal error occurred")
-    )
+    return envelope(INTERNAL_ERROR)

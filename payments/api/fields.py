@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 from django.conf import settings
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from channels.registry import CHANNEL_NAMES, available_channels, currencies
@@ -31,6 +32,8 @@ class StrictIntegerField(serializers.IntegerField):
         return data
 
 
+@extend_schema_field({"type": "integer", "minimum": 1, "maximum": settings.DEFAULT_PER_ORDER_LIMIT,
+                      "description": "Minor units of the currency, up to the merchant's per-order limit"})
 class AmountField(StrictIntegerField):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(invalid_code="amount_invalid", min_value=1, **kwargs)
@@ -44,6 +47,7 @@ class AmountField(StrictIntegerField):
         return data
 
 
+@extend_schema_field({"type": "string", "pattern": MERCHANT_NO.pattern, "minLength": 1, "maxLength": 64})
 class MerchantNumberField(serializers.CharField):
     def to_internal_value(self, data: Any) -> str:
         if not isinstance(data, str) or not MERCHANT_NO.match(data):

@@ -28,6 +28,7 @@ from rest_framework.views import APIView
 from payments import idempotency
 from payments.api.auth import merchant_of
 from payments.api.errors import exception_handler, invalid
+from payments.api.parsers import loads_bounded
 from payments.idempotency import Claim
 
 IDEMPOTENCY_KEY_MAX = 255
@@ -49,8 +50,8 @@ class Created:
 def fingerprint(request: Request) -> str:
     """What makes two requests the same: method, path and body (JSON compared by value, not by spelling)."""
     try:
-        body = json.dumps(json.loads(request.body or b"null"), sort_keys=True, separators=(",", ":")).encode()
-    except ValueError:
+        body = json.dumps(loads_bounded(request.body or b"null"), sort_keys=True, separators=(",", ":")).encode()
+    except ValueError:  # not JSON, or nested too deeply: the bytes themselves (the parser refuses the body)
         body = request.body
     return hashlib.sha256(f"{request.method} {request.path}\n".encode() + body).hexdigest()
 

@@ -22,6 +22,13 @@ log = logging.getLogger(__name__)
 SIGNATURE_HEADERS = ("signature", "authorization")
 
 
+def storable_text(text: str) -> str:
+    """``text`` as PostgreSQL can store it: a NUL (which no text or jsonb column holds) as the visible escape
+    ``\\x00``, as bytes that are not UTF-8 already are (``backslashreplace``). What arrived is kept, garbage
+    included, for ops to read."""
+    return text.replace("\x00", "\\x00")
+
+
 def notification_receive(*, channel: str, headers: Mapping[str, str], body: bytes) -> tuple[ChannelNotification, bool]:
     """Verify and store an inbound notification, and enqueue its processing. Returns (row, accepted).
 
@@ -29,8 +36,9 @@ def notification_receive(*, channel: str, headers: Mapping[str, str], body: byte
     A repeat of one already stored (the channel's retries) is accepted without storing it again.
     """
     bind(channel=channel)
-    kept_headers = {k: v for k, v in headers.items() if not any(word in k.lower() for word in SIGNATURE_HEADERS)}
-    text = body.decode("utf-8", errors="replace")
+    kept_headers = {k: storable_text(v) for k, v in headers.items()
+                    if not any(word in k.lower() for word in SIGNATURE_HEADERS)}
+    text = storable_text(body.decode("utf-8", errors="backslashreplace"))
     try:
         parsed = get_channel(channel).parse_notification(headers=headers, body=body)
     except InvalidNotification as invalid:
