@@ -345,6 +345,14 @@ class SharedBreaker:
         with self._lock:
             self._closed_seen_at = None
 
+    def is_open(self) -> bool:
+        """Whether calls to this account are refused now (open, or forced open): where a new charge must not go.
+        Half-open is not open: its probes may go. With Redis down, what this process has seen itself."""
+        try:
+            return bool(self.status()["effective"] == "open")
+        except redis.RedisError:
+            return self.local.state == OPEN and self.clock() - self.local.opened_at < self.local.cooldown_s
+
     def status(self) -> dict[str, Any]:
         """The shared state as ops see it (one round trip); raises ``redis.RedisError`` if Redis is down."""
         return _status(self.client.hgetall(self.key), self.clock())

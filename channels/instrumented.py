@@ -152,16 +152,17 @@ class InstrumentedChannel(Channel):
         return self.inner.notification_reply(accepted=accepted)
 
 
-def instrumented(build: Callable[[str], Channel]) -> Callable[[str], Channel]:
+def instrumented(build: Callable[..., Channel]) -> Callable[..., Channel]:
     """Decorate the registry's factory: every channel it builds comes wrapped."""
 
     @functools.wraps(build)
-    def wrapper(name: str) -> Channel:
+    def wrapper(*args: str) -> Channel:
         from django.conf import settings
 
         from channels import breaker
 
-        inner = build(name)
+        inner = build(*args)
+        name = inner.name
         shared = breaker.SharedBreaker(
             name, inner.account or "default", breaker.redis_client(settings.REDIS_URL), breaker.Settings.from_django()
         )

@@ -121,6 +121,9 @@ class Order(FSMModelMixin, models.Model):
     amount = models.BigIntegerField()
     currency = models.CharField(max_length=3)
     channel = models.CharField(max_length=16)
+    # The channel account the order was placed with (its app id, mchid or merchant id), chosen at the first charge
+    # and kept: queries, closes, refunds and notifications of the order go to that account. Empty: the primary.
+    channel_account = models.CharField(max_length=64, blank=True)
     status = FSMField(default=S.CREATED, choices=OrderStatus.choices, protected=True)  # see order_status_updated
     description = models.CharField(max_length=127, blank=True)
     metadata = models.JSONField(default=dict, blank=True)

@@ -242,6 +242,21 @@ WECHATPAY_MERCHANT_SERIAL_NO = env.str("WECHATPAY_MERCHANT_SERIAL_NO", default="
 WECHATPAY_APIV3_KEY = env.str("WECHATPAY_APIV3_KEY", default="")
 WECHATPAY_PLATFORM_PUBLIC_KEY_PATH = env.str("WECHATPAY_PLATFORM_PUBLIC_KEY_PATH", default="")
 WECHATPAY_PLATFORM_PUBLIC_KEY_ID = env.str("WECHATPAY_PLATFORM_PUBLIC_KEY_ID", default="")
+# A backup account per channel (optional; the seed design's automatic switch): while the primary account's circuit
+# breaker is open, new charges go to the backup. The same settings with BACKUP_ after the channel's name; the
+# gateway is the channel's. An order keeps the account it was placed with (Order.channel_account).
+SANDBOX_BACKUP_MERCHANT_ID = env.str("SANDBOX_BACKUP_MERCHANT_ID", default="")
+SANDBOX_BACKUP_SECRET = env.str("SANDBOX_BACKUP_SECRET", default="")
+ALIPAY_BACKUP_APP_ID = env.str("ALIPAY_BACKUP_APP_ID", default="")
+ALIPAY_BACKUP_APP_PRIVATE_KEY_PATH = env.str("ALIPAY_BACKUP_APP_PRIVATE_KEY_PATH", default="")
+ALIPAY_BACKUP_PUBLIC_KEY_PATH = env.str("ALIPAY_BACKUP_PUBLIC_KEY_PATH", default="")
+WECHATPAY_BACKUP_MCHID = env.str("WECHATPAY_BACKUP_MCHID", default="")
+WECHATPAY_BACKUP_APPID = env.str("WECHATPAY_BACKUP_APPID", default="")
+WECHATPAY_BACKUP_MERCHANT_PRIVATE_KEY_PATH = env.str("WECHATPAY_BACKUP_MERCHANT_PRIVATE_KEY_PATH", default="")
+WECHATPAY_BACKUP_MERCHANT_SERIAL_NO = env.str("WECHATPAY_BACKUP_MERCHANT_SERIAL_NO", default="")
+WECHATPAY_BACKUP_APIV3_KEY = env.str("WECHATPAY_BACKUP_APIV3_KEY", default="")
+WECHATPAY_BACKUP_PLATFORM_PUBLIC_KEY_PATH = env.str("WECHATPAY_BACKUP_PLATFORM_PUBLIC_KEY_PATH", default="")
+WECHATPAY_BACKUP_PLATFORM_PUBLIC_KEY_ID = env.str("WECHATPAY_BACKUP_PLATFORM_PUBLIC_KEY_ID", default="")
 # The simulators' own side of the development accounts (only `run_simulator` reads these).
 ALIPAY_SIM_APP_PUBLIC_KEY_PATH = env.str("ALIPAY_SIM_APP_PUBLIC_KEY_PATH", default="")
 ALIPAY_SIM_PRIVATE_KEY_PATH = env.str("ALIPAY_SIM_PRIVATE_KEY_PATH", default="")

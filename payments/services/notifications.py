@@ -8,12 +8,12 @@ from collections.abc import Mapping
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from channels.base import InvalidNotification, notification_from_dict, notification_to_dict
-from channels.registry import get_channel
+from channels.base import InvalidNotification, Notification, notification_from_dict, notification_to_dict
+from channels.registry import accounts
 from payments import metrics, outbox
 from payments.models import ChannelNotification, Order, Refund
 from payments.observability import bind, current_trace_id, link_origin_trace
-from payments.services.orders import apply_trade
+from payments.services.orders import apply_trade, channel_of
 from payments.services.refunds import apply_refund
 from payments.services.transitions import Source, bind_order
 
@@ -29,6 +29,18 @@ def storable_text(text: str) -> str:
     return text.replace("\x00", "\\x00")
 
 
+def _verified(channel: str, headers: Mapping[str, str], body: bytes) -> tuple[Notification, str]:
+    """The notification as the first of the channel's accounts whose keys verify it parses it, and that account.
+    All accounts share the callback URL; a notification no account verifies is the primary's refusal."""
+    refusal: InvalidNotification | None = None
+    for adapter in accounts(channel):
+        try:
+            return adapter.parse_notification(headers=headers, body=body), adapter.account
+        except InvalidNotification as invalid:
+            refusal = refusal or invalid
+    raise refusal or InvalidNotification("no_account")
+
+
 def notification_receive(*, channel: str, headers: Mapping[str, str], body: bytes) -> tuple[ChannelNotification, bool]:
     """Verify and store an inbound notification, and enqueue its processing. Returns (row, accepted).
 
@@ -40,7 +52,7 @@ def notification_receive(*, channel: str, headers: Mapping[str, str], body: byte
                     if not any(word in k.lower() for word in SIGNATURE_HEADERS)}
     text = storable_text(body.decode("utf-8", errors="backslashreplace"))
     try:
-        parsed = get_channel(channel).parse_notification(headers=headers, body=body)
+        parsed, account = _verified(channel, headers, body)
     except InvalidNotification as invalid:
         row = ChannelNotification.objects.create(
             channel=channel, headers=kept_headers, body=text, state=ChannelNotification.State.REJECTED,
@@ -62,7 +74,7 @@ def notification_receive(*, channel: str, headers: Mapping[str, str], body: byte
                 channel_notification_id=parsed.notification_id,
                 headers=kept_headers,
                 body=text,
-                payload=notification_to_dict(parsed),
+                payload={**notification_to_dict(parsed), "account": account},
                 order=order,
                 trace_id=current_trace_id(),
             )
@@ -95,6 +107,8 @@ def notification_apply(*, notification_id: int) -> None:
             pass  # verified, acknowledged, nothing to act on
         elif order is None or order.channel != row.channel:
             reason = "unknown_order"
+        elif row.payload.get("account", channel_of(order).account) != channel_of(order).account:
+            reason = "wrong_account"  # verified by one of our accounts, about an order placed with another
         elif notification.trade is not None:
             trade = notification.trade
             if trade.amount != order.amount or trade.currency != order.currency:

@@ -16,8 +16,8 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from channels.base import Refused, Retryable, TradeResult, TradeStatus, UnknownOutcome
-from channels.registry import get_channel
+from channels.base import Channel, Refused, Retryable, TradeResult, TradeStatus, UnknownOutcome
+from channels.registry import channel_for_account, channel_for_new_charge
 from payments import db, outbox
 from payments.idempotency import Claim, KeyAnswered, is_key_conflict
 from payments.models import OPEN_ORDER_STATES, Merchant, Order, OrderStatus
@@ -105,10 +105,14 @@ def order_charge(*, order_id: int) -> None:
         if order.status != OrderStatus.CREATED:
             return
         order.charge_attempts += 1
-        order.save(update_fields=["charge_attempts", "updated_at"])
+        if order.charge_attempts == 1 and not order.channel_account:
+            # Never sent anywhere yet: it may go to the backup account while the primary's breaker is open.
+            # Chosen once, and kept: a later attempt may find the trade only where this one sent it.
+            order.channel_account = channel_for_new_charge(order.channel).account
+        order.save(update_fields=["charge_attempts", "channel_account", "updated_at"])
     # Committed: from here on, a crash leaves a trace that an attempt may have reached the channel.
 
-    channel = get_channel(order.channel)
+    channel = channel_of(order)
     if order.charge_attempts > 1:
         # An earlier attempt may have reached the channel: ask before sending anything again.
         found = channel.query_trade(out_trade_no=order.public_id)
@@ -148,7 +152,7 @@ def _settle_after_charge(order_id: int, trade: TradeResult) -> None:
     if order.status == OrderStatus.CLOSED and trade.status == TradeStatus.WAITING:
         # The merchant closed the order while the charge was on its way: close the trade we just made,
         # so that nobody can pay it.
-        get_channel(order.channel).close_trade(out_trade_no=order.public_id)
+        channel_of(order).close_trade(out_trade_no=order.public_id)
 
 
 def order_apply_trade(*, order_id: int, trade: TradeResult, source: str) -> Order:
@@ -197,7 +201,7 @@ def order_query(*, order_id: int, source: str = Source.SWEEP) -> Order:
     bind_order(order)
     if order.status not in OPEN_ORDER_STATES:
         return order
-    trade = get_channel(order.channel).query_trade(out_trade_no=order.public_id)
+    trade = channel_of(order).query_trade(out_trade_no=order.public_id)
     return order_apply_trade(order_id=order_id, trade=trade, source=source)
 
 
@@ -208,7 +212,7 @@ def order_close(*, order_id: int, source: str) -> Order:
     bind_order(order)
     if order.status not in OPEN_ORDER_STATES:
         raise OrderStateError(f"an order in state {order.status} cannot be closed")
-    trade = get_channel(order.channel).close_trade(out_trade_no=order.public_id)
+    trade = channel_of(order).close_trade(out_trade_no=order.public_id)
     if trade.status == TradeStatus.WAITING:
         raise Retryable("the channel did not close the trade", code="channel_close_failed")
     with transaction.atomic():
@@ -270,6 +274,11 @@ def order_accept_late_payment(*, order_id: int, by: str) -> Order:
         fire(order, "accept_late_payment", source=Source.ADMIN, paid_at=timezone.now(),
              channel_trade_no=order.channel_trade_no, detail={"decision": "accept_late_payment", "by": by})
     return order
+
+
+def channel_of(order: Order) -> Channel:
+    """The adapter of the account the order was placed with (its queries, closes and refunds go there)."""
+    return channel_for_account(order.channel, order.channel_account)
 
 
 def channel_notify_url(channel: str) -> str:

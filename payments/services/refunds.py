@@ -13,13 +13,12 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from channels.base import RefundResult, RefundStatus, Refused, Retryable, UnknownOutcome
-from channels.registry import get_channel
 from payments import outbox
 from payments.idempotency import Claim, KeyAnswered, is_key_conflict
 from payments.models import PAID_ORDER_STATES, Order, Refund, RefundState
 from payments.observability import bind, current_trace_id
 from payments.services.errors import DuplicateError, OrderStateError, RefundExceedsAmount
-from payments.services.orders import LATE_PAYMENT_FLAGS
+from payments.services.orders import LATE_PAYMENT_FLAGS, channel_of
 from payments.services.transitions import (
     Source,
     bind_order,
@@ -114,7 +113,7 @@ def refund_submit(*, refund_id: int) -> None:
         refund.submit_attempts += 1
         refund.save(update_fields=["submit_attempts", "updated_at"])
     order = refund.order
-    channel = get_channel(order.channel)
+    channel = channel_of(order)
     if refund.submit_attempts > 1 or refund.status == RefundState.PROCESSING:
         found = channel.query_refund(out_trade_no=order.public_id, out_refund_no=refund.public_id)
         if found.status != RefundStatus.NOT_FOUND:

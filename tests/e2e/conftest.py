@@ -167,8 +167,12 @@ def reset_breakers() -> None:
 def sandbox_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simulator]:
     account = {"SANDBOX_MERCHANT_ID": settings.SANDBOX_MERCHANT_ID, "SANDBOX_SECRET": settings.SANDBOX_SECRET}
     proc, sim = start_simulator("sandbox", account, tmp_path_factory.mktemp("sim"))
-    sim.worker_env = {**account, "SANDBOX_API_BASE": sim.base_url}
-    with channel_settings({"SANDBOX_API_BASE": sim.base_url}):
+    # A second account at the simulated channel, as its console opens one: the backup account (new charges go
+    # there while the primary's breaker is open; tests/e2e/test_backup_account.py).
+    backup = sim.http.post("/_sim/accounts").json()
+    backup_settings = {"SANDBOX_BACKUP_MERCHANT_ID": backup["merchant_id"], "SANDBOX_BACKUP_SECRET": backup["secret"]}
+    sim.worker_env = {**account, **backup_settings, "SANDBOX_API_BASE": sim.base_url}
+    with channel_settings({"SANDBOX_API_BASE": sim.base_url, **backup_settings}):
         yield sim
     _stop(proc)
 
