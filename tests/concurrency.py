@@ -27,3 +27,37 @@ def run_together(count: int, request: Callable[[int], Any]) -> list[Any]:
     for thread in threads:
         thread.join()
     return answers
+
+
+def run_pooled(count: int, threads: int, request: Callable[[int], Any]) -> list[Any]:
+    """Run ``request(i)`` for ``i`` in ``range(count)`` on ``threads`` threads released at once, each taking the
+    next ``i`` as it finishes one: ``count`` requests with at most ``threads`` database connections."""
+    barrier = threading.Barrier(threads)
+    answers: list[Any] = [None] * count
+    errors: list[BaseException] = []
+    indices = iter(range(count))
+    lock = threading.Lock()
+
+    def work() -> None:
+        try:
+            barrier.wait()
+            while True:
+                with lock:
+                    i = next(indices, None)
+                if i is None:
+                    return
+                try:
+                    answers[i] = request(i)
+                except BaseException as exc:  # noqa: BLE001 (reported to the caller below)
+                    errors.append(exc)
+        finally:
+            connection.close()
+
+    pool = [threading.Thread(target=work) for _ in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return answers

@@ -33,6 +33,12 @@ expected-statuses = ["2xx", "401", "403", "404", "409", "422", "429"]
 # A list's cursor can be well formed and still not an id of that list (400 parameter_invalid, API.md).
 include-operation-id-regex = "_list$"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "404", "429"]
+
+[[operations]]
+# schemathesis 4.32.5 crashes in its coverage phase on this operation (a CPython 3.11 "AST constructor recursion
+# depth mismatch" inside the tool, not a finding about the API): every other phase still runs on it.
+include-operation-id = "events_redeliver"
+phases.coverage.enabled = false
 """
 OPERATIONS = {  # operation: (method, path regex)
     "orders_create": ("POST", r"/api/v1/orders$"),
@@ -115,10 +121,7 @@ def test_schemathesis_finds_nothing(live_server, sandbox, tmp_path) -> None:
     statuses, succeeded = summary(json.loads(har_path.read_text()))
     print(f"\nschemathesis: {sum(statuses.values())} requests; statuses {dict(sorted(statuses.items()))}; "
           f"succeeded {dict(succeeded)}")
-    # Every check's failure is listed under FAILURES. A "Runtime Error" of schemathesis itself (4.32.5 hits a
-    # CPython 3.11 "AST constructor recursion depth mismatch" in its coverage phase on one operation) is not
-    # a finding about the API, so the exit code alone cannot decide.
-    assert run.returncode == 0 or (" FAILURES " not in run.stdout and "Test cases:" in run.stdout), (
-        run.stdout[-20000:] + run.stderr[-5000:])
+    # Any failure of a check, and any error of schemathesis itself, is a non-zero exit.
+    assert run.returncode == 0, run.stdout[-20000:] + run.stderr[-5000:]
     assert not [status for status in statuses if status >= 500]
     assert all(succeeded[name] for name in ("orders_create", "orders_get", "refunds_create", "orders_close")), succeeded

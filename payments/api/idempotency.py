@@ -109,7 +109,13 @@ class HeldByLock(KeyedPost):
             if replayed is not None:
                 return replayed
             response = self.answer(view)
-            self.store(response)
+            try:
+                self.store(response)
+            except idempotency.KeyAnswered:
+                # A request with this key that does not take the lock (order and refund create store their
+                # answer with their rows) answered it while this one ran. The key is that request's: answer what
+                # a repeat of this one gets (409 idempotency_key_reused), not a 500.
+                return self.replay() or response
             return response
 
 
