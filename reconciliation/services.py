@@ -96,7 +96,10 @@ def run_reconcile(*, run_id: int, rows: Iterable[BillRow], progress: Callable[[s
         lines = matching.load_bill(run_pk=run.pk, rows=rows)
         say(f"loaded {lines} bill rows; matching…")
         carried_in, carried_out = _record_discrepancies(run, window)
-        figures = matching.sides(run_pk=run.pk, channel=run.channel, window=window, carried_out=carried_out)
+        bill = matching.bill_side(run_pk=run.pk)
+        internal, internal_fingerprint = matching.our_side(
+            run_pk=run.pk, channel=run.channel, window=window, carried_out=carried_out
+        )
     except Exception as exc:
         run_fail(run_id=run_id, error=f"{type(exc).__name__}: {exc}")
         raise
@@ -104,8 +107,8 @@ def run_reconcile(*, run_id: int, rows: Iterable[BillRow], progress: Callable[[s
         matching.drop_stage(run_pk=run.pk)
         matching.session_memory(work_mem=None)
     Run.objects.filter(pk=run_id).update(
-        bill_rows=lines, carried_in=carried_in, totals={"channel": figures["channel"], "internal": figures["internal"]},
-        channel_fingerprint=figures["channel_fingerprint"], internal_fingerprint=figures["internal_fingerprint"],
+        bill_rows=lines, carried_in=carried_in, totals={"channel": bill.totals, "internal": internal},
+        channel_fingerprint=bill.fingerprint, internal_fingerprint=internal_fingerprint,
     )
     _settle_carry_overs(run, carried_in)
     say("compensating what is safe…")
@@ -134,7 +137,8 @@ def _record_discrepancies(run: Run, window: matching.Window) -> tuple[list[str],
             Discrepancy.objects.bulk_create(batch)
             batch.clear()
 
-    for pair in matching.unmatched(run_pk=run.pk, channel=run.channel, window=window):
+    duplicates: list[matching.Duplicate] = []
+    for pair in matching.unmatched(run_pk=run.pk, channel=run.channel, window=window, duplicates=duplicates):
         bill, ours = pair.bill, pair.ours
         common = {"run": run, "record": (bill or ours).kind, "out_refund_no": pair.out_refund_no,  # type: ignore[union-attr]
                   "channel_trade_no": pair.channel_trade_no, "order_id": pair.order_id, "refund_id": pair.refund_id}
@@ -181,7 +185,7 @@ def _record_discrepancies(run: Run, window: matching.Window) -> tuple[list[str],
         Discrepancy(run=run, kind=Kind.DUPLICATE, record=kind, out_trade_no=out_trade_no,
                     out_refund_no=key if kind == "refund" else "", channel_amount=amount, currency=currency,
                     channel_time=at, channel_status="succeeded", resolution=f"listed {copies} times")
-        for kind, key, out_trade_no, copies, amount, currency, at in matching.duplicates(run_pk=run.pk)
+        for kind, key, out_trade_no, copies, amount, currency, at in duplicates
     )
     return carried_in, carried_out
 

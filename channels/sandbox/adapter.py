@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import enum
 import io
 import json
 import time
@@ -13,6 +14,7 @@ from typing import IO, Any
 import httpx
 
 from channels.base import (
+    BillCsv,
     BillFile,
     BillRow,
     Channel,
@@ -117,6 +119,30 @@ def _bill_rows(file: IO[bytes]) -> Iterator[BillRow]:
             )
     finally:
         text.detach()  # the BillFile owns the file
+
+
+def _status_sql(statuses: Mapping[str, enum.Enum]) -> str:
+    return "CASE status " + " ".join(f"WHEN '{k}' THEN '{v.value}'" for k, v in statuses.items()) + " END"
+
+
+# The same rows as ``_bill_rows``, read by PostgreSQL (``BillCsv``): a status outside the maps is refused.
+_STATUS_SQL = (f"CASE WHEN type = 'payment' THEN {_status_sql(TRADE_STATUSES)}"
+               f" ELSE {_status_sql(REFUND_STATUSES)} END")
+BILL_CSV = BillCsv(
+    header=b"type,out_trade_no,trade_no,out_refund_no,refund_no,amount,currency,status,completed_at",
+    columns=("type text, out_trade_no text, trade_no text, out_refund_no text, refund_no text,"
+             " amount bigint NOT NULL, currency text, status text, completed_at timestamptz,"
+             f" CHECK ({_STATUS_SQL} IS NOT NULL)"),
+    select=("SELECT type AS kind,"
+            " CASE WHEN type = 'refund' AND out_refund_no <> '' THEN out_refund_no ELSE out_trade_no END AS key,"
+            " out_trade_no, nullif(out_refund_no, '') AS out_refund_no, nullif(trade_no, '') AS channel_trade_no,"
+            f" amount, 0::bigint AS fee, currency, {_STATUS_SQL} AS status, completed_at FROM {{raw}}"),
+)
+
+
+def bill_file(file: IO[bytes]) -> BillFile:
+    """A sandbox bill (a spooled file) to reconcile: parsed by ``_bill_rows``, or COPYed as it is."""
+    return BillFile(file, _bill_rows, BILL_CSV)
 
 
 class SandboxChannel(Channel):
@@ -242,7 +268,7 @@ class SandboxChannel(Channel):
         if answer.status_code >= 400:
             answer.file.close()
             raise Retryable(f"bill not available ({answer.status_code})", code="bill_unavailable")
-        return BillFile(answer.file, _bill_rows)
+        return bill_file(answer.file)
 
     # -- notifications ---------------------------------------------------------------------------------
 
