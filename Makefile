@@ -10,7 +10,7 @@ export REDIS_URL ?= redis://127.0.0.1:6379/0
 export PUBLIC_BASE_URL ?= http://127.0.0.1:$(PORT)
 export WEB_PORT := $(PORT)
 
-.PHONY: run test lint check-alerts check-compose demo bench-api bench-api-ladder bench-recon venv db migrate clean
+.PHONY: run test lint check-alerts check-compose demo bench-api bench-api-ladder bench-recon chaos venv db migrate clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -100,6 +100,12 @@ bench-recon: DATABASE_URL = postgres://postgres@$(PGHOST):5432/payments_bench_re
 
 bench-recon: migrate
 	DEBUG=0 SECRET_KEY=bench-only-secret-key SANDBOX_SECRET=bench-sandbox-secret $(PY) bench/recon.py
+
+# Fault drills on the real stack (bench/chaos.py): web, workers, beat, dispatcher and the sandbox simulator on a
+# PostgreSQL and a Redis of the drill's own, 1,000 orders per scenario while each fault is injected; prints the table
+# and fails on any lost, double-charged or stuck order. `make test` runs its short version (tests/test_chaos.py).
+chaos: venv
+	$(PY) bench/chaos.py --output bench/results/chaos-$$(date +%F)-$$(nproc)cores.txt
 
 clean:
 	rm -rf $(VENV) .dev .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,30 @@
+"""The short fault drill of `make test`: `bench/chaos.py --short` on a stack of its own (its own PostgreSQL cluster and
+Redis, so that a FLUSHALL touches nobody else's), 30 orders per scenario, the scenarios that restart no service.
+It fails when any order is lost, double-charged or stuck; `make chaos` is the full run."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed")
+@pytest.mark.skipif(shutil.which("initdb") is None and not list(Path("/usr/lib/postgresql").glob("*/bin/initdb")),
+                    reason="PostgreSQL server binaries (initdb) not installed")
+def test_short_drill_loses_nothing() -> None:
+    drill = subprocess.Popen([sys.executable, "bench/chaos.py", "--short"], cwd=ROOT, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = drill.communicate(timeout=480)
+    except subprocess.TimeoutExpired:
+        drill.terminate()  # SIGTERM: the harness stops the processes it started (they are not its process group)
+        out, err = drill.communicate(timeout=60)
+        pytest.fail(f"the drill took more than 8 minutes\n{out}\n{err[-6000:]}")
+    print(out)
+    assert drill.returncode == 0, f"{out}\n{err[-6000:]}"
