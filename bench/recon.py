@@ -138,7 +138,7 @@ def baseline(bill_path: Path) -> float:
         bare = ("(SELECT type AS kind, CASE WHEN type = 'refund' THEN out_refund_no ELSE out_trade_no END AS key,"
                 " out_trade_no, out_refund_no, trade_no AS channel_trade_no, amount, currency, lower(status) AS status,"
                 " completed_at FROM bench_bare_bill)")
-        cursor.execute(matching.join_sql(bare), window.params("sandbox"))
+        cursor.execute(matching.join_sql(bare), window.params("sandbox", [""]))
         rows = cursor.fetchall()
         cursor.execute("DROP TABLE bench_bare_bill")
     elapsed = time.perf_counter() - started

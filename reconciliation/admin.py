@@ -66,8 +66,8 @@ def can_download(request: HttpRequest) -> bool:
 
 @admin.register(Run)
 class RunAdmin(ReadOnly):
-    list_display = ["public_id", "channel", "business_date", "version", "status", "bill_rows", "open_discrepancies",
-                    "finished_at", "reports"]
+    list_display = ["public_id", "channel", "account", "business_date", "version", "status", "bill_rows",
+                    "open_discrepancies", "finished_at", "reports"]
     list_filter = [choices_filter("channel", "channel", CHANNEL_NAMES), "status", "business_date", "created_at"]
     date_hierarchy = "created_at"
     search_fields = ["=public_id"]

@@ -43,8 +43,9 @@ class Window:
     def high(self) -> dt.datetime:
         return self.end + self.carry
 
-    def params(self, channel: str) -> dict[str, Any]:
-        return {"channel": channel, "start": self.start, "end": self.end, "low": self.low, "high": self.high}
+    def params(self, channel: str, accounts: list[str]) -> dict[str, Any]:
+        return {"channel": channel, "accounts": accounts, "start": self.start, "end": self.end, "low": self.low,
+                "high": self.high}
 
 
 def stage_table(run_pk: int) -> str:
@@ -56,20 +57,21 @@ def raw_table(run_pk: int) -> str:
     return f"reconciliation_stage_{int(run_pk)}_raw"
 
 
-# Our succeeded payments and refunds of the channel whose time falls in [low, high): the same keys and
-# normalised fields as the staging table.
+# Our succeeded payments and refunds of the channel account (its orders: ``accounts`` is the values of
+# Order.channel_account that mean it) whose time falls in [low, high): the same keys and normalised fields as the
+# staging table.
 OURS_SQL = f"""
     SELECT 'payment'::text AS kind, o.public_id::text AS key, o.public_id::text AS out_trade_no,
            o.id AS order_id, NULL::bigint AS refund_id, o.amount, o.currency::text AS currency,
            o.status::text AS status, o.paid_at AS at
       FROM payments_order o
      WHERE o.channel = %(channel)s AND o.paid_at >= %(low)s AND o.paid_at < %(high)s
-       AND o.status IN {PAID_STATES!r}
+       AND o.status IN {PAID_STATES!r} AND o.channel_account = ANY(%(accounts)s)
     UNION ALL
     SELECT 'refund', r.public_id, o.public_id, o.id, r.id, r.amount, r.currency, r.status, r.succeeded_at
       FROM payments_refund r JOIN payments_order o ON o.id = r.order_id
      WHERE o.channel = %(channel)s AND r.status = 'succeeded'
-       AND r.succeeded_at >= %(low)s AND r.succeeded_at < %(high)s
+       AND r.succeeded_at >= %(low)s AND r.succeeded_at < %(high)s AND o.channel_account = ANY(%(accounts)s)
 """
 
 
@@ -224,7 +226,7 @@ def drop_stage(*, run_pk: int) -> None:
 Duplicate = tuple[str, str, str, int, int, str, dt.datetime | None]
 
 
-def unmatched(*, run_pk: int, channel: str, window: Window, duplicates: list[Duplicate],
+def unmatched(*, run_pk: int, channel: str, accounts: list[str], window: Window, duplicates: list[Duplicate],
               batch: int = 2000) -> Iterator[Pair]:
     """The join's rows that need a look, read through a server-side cursor (a bad day may have many). The
     trades the bill lists more than once are added to ``duplicates`` (as ``duplicates()`` gives them) once the
@@ -233,7 +235,7 @@ def unmatched(*, run_pk: int, channel: str, window: Window, duplicates: list[Dup
     # (kind, key) -> [out_trade_no, copies, amount, currency, first time], each the least of the copies'
     listed: dict[tuple[str, str], list[Any]] = {}
     with connection.chunked_cursor() as cursor:
-        cursor.execute(sql, window.params(channel))
+        cursor.execute(sql, window.params(channel, accounts))
         while chunk := cursor.fetchmany(batch):
             for r in chunk:
                 if r[19] is not None and r[19] > 1:
@@ -301,7 +303,9 @@ def bill_side(*, run_pk: int) -> BillSide:
     return BillSide(_totals(bill[0:5], int(bill[5])), bill[4])
 
 
-def our_side(*, run_pk: int, channel: str, window: Window, carried_out: list[str]) -> tuple[dict[str, Any], str]:
+def our_side(
+    *, run_pk: int, channel: str, accounts: list[str], window: Window, carried_out: list[str]
+) -> tuple[dict[str, Any], str]:
     """Totals and fingerprint of our side: what belongs to this bill, our rows of the business day less those the
     neighbouring day's bill listed (``carried_out``), plus those of the neighbouring day's margin that this bill
     listed (matched carry-overs)."""
@@ -312,7 +316,7 @@ def our_side(*, run_pk: int, channel: str, window: Window, carried_out: list[str
     )
     with connection.cursor() as cursor:
         cursor.execute(f"WITH ours AS ({OURS_SQL}) SELECT {_side_sql('o', 'true')} FROM ours o WHERE {ours_condition}",
-                       {**window.params(channel), "carried_out": carried_out})
+                       {**window.params(channel, accounts), "carried_out": carried_out})
         ours = cursor.fetchone()
     assert ours is not None
     return _totals(ours[0:5], 0), ours[4]

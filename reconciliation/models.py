@@ -27,6 +27,9 @@ class Run(models.Model):
 
     public_id = models.CharField(max_length=32, default=new_run_id, editable=False, unique=True)
     channel = models.CharField(max_length=16)
+    # The channel account whose bill this is (a channel may have a backup account: channels.registry); our side
+    # is the orders placed with it.
+    account = models.CharField(max_length=64, blank=True)
     business_date = models.DateField()
     version = models.PositiveIntegerField()
     timezone = models.CharField(max_length=64, help_text="The zone whose calendar day business_date is.")
@@ -48,14 +51,15 @@ class Run(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["channel", "business_date", "version"], name="recon_run_version_uniq"),
+            models.UniqueConstraint(fields=["channel", "account", "business_date", "version"],
+                                    name="recon_run_version_uniq"),
         ]
         indexes = [models.Index(fields=["business_date", "channel"], name="recon_run_date")]
         ordering = ["-business_date", "channel", "-version"]
         permissions = [("download_report", "Can download a reconciliation run's reports")]
 
     def __str__(self) -> str:
-        return f"{self.channel} {self.business_date} v{self.version}"
+        return f"{self.channel} ({self.account}) {self.business_date} v{self.version}"
 
     @property
     def fingerprints_equal(self) -> bool:

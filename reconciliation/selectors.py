@@ -21,6 +21,7 @@ def run_json(run: Run) -> dict[str, Any]:
     by_status = dict(run.discrepancies.values_list("status").annotate(n=Count("id")).values_list("status", "n"))
     return {
         "id": run.public_id, "object": "reconciliation_run", "channel": run.channel,
+        "account": run.account,
         "business_date": run.business_date.isoformat(), "timezone": run.timezone, "version": run.version,
         "status": run.status, "error": run.error or None, "bill_rows": run.bill_rows, "totals": run.totals,
         "fingerprints": {"channel": run.channel_fingerprint or None, "internal": run.internal_fingerprint or None,

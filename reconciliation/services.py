@@ -19,7 +19,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from channels.base import BillNotReady, BillRow, ChannelError, bill_zone
-from channels.registry import get_channel
+from channels.registry import channel_for_account, get_channel
 from payments import services as payment_services
 from payments.models import OPEN_ORDER_STATES, Order, OrderStatus, TransitionLog
 from reconciliation import matching, metrics
@@ -48,16 +48,18 @@ def previous_business_date(*, channel: str, now: dt.datetime | None = None) -> d
     return (now or timezone.now()).astimezone(zone).date() - dt.timedelta(days=1)
 
 
-def run_create(*, channel: str, business_date: dt.date, triggered_by: str = "") -> Run:
-    """A new version of (channel, business date); earlier versions are kept."""
-    zone_name = get_channel(channel).bill_timezone
+def run_create(*, channel: str, business_date: dt.date, account: str = "", triggered_by: str = "") -> Run:
+    """A new version of (channel account, business date); earlier versions are kept. ``account``: the primary's
+    unless named (a channel's backup account has its own bill and its own runs)."""
+    adapter = channel_for_account(channel, account)
     for _ in range(5):
         try:
             with transaction.atomic():
-                latest = Run.objects.filter(channel=channel, business_date=business_date).aggregate(v=Max("version"))
+                latest = (Run.objects.filter(channel=channel, account=adapter.account, business_date=business_date)
+                          .aggregate(v=Max("version")))
                 return Run.objects.create(
-                    channel=channel, business_date=business_date, version=(latest["v"] or 0) + 1,
-                    timezone=zone_name, triggered_by=triggered_by[:64],
+                    channel=channel, account=adapter.account, business_date=business_date,
+                    version=(latest["v"] or 0) + 1, timezone=adapter.bill_timezone, triggered_by=triggered_by[:64],
                 )
         except IntegrityError:
             continue  # another run of the same date took that version just now: take the next one
@@ -74,7 +76,7 @@ def run_execute(*, run_id: int, progress: Callable[[str], None] | None = None) -
         bill_attempts=run.bill_attempts + 1, started_at=run.started_at or timezone.now()
     )
     try:
-        bill = get_channel(run.channel).download_bill(day=run.business_date)
+        bill = channel_for_account(run.channel, run.account).download_bill(day=run.business_date)
     except BillNotReady as exc:
         Run.objects.filter(pk=run_id).update(status=Run.Status.WAITING_BILL, error=f"{exc.code}: {exc.message}"[:255])
         log.info("bill of %s %s not ready (%s)", run.channel, run.business_date, exc.code,
@@ -98,7 +100,7 @@ def run_reconcile(*, run_id: int, rows: Iterable[BillRow], progress: Callable[[s
         carried_in, carried_out = _record_discrepancies(run, window)
         bill = matching.bill_side(run_pk=run.pk)
         internal, internal_fingerprint = matching.our_side(
-            run_pk=run.pk, channel=run.channel, window=window, carried_out=carried_out
+            run_pk=run.pk, channel=run.channel, accounts=our_accounts(run), window=window, carried_out=carried_out
         )
     except Exception as exc:
         run_fail(run_id=run_id, error=f"{type(exc).__name__}: {exc}")
@@ -116,9 +118,16 @@ def run_reconcile(*, run_id: int, rows: Iterable[BillRow], progress: Callable[[s
     return run_finish(run_id=run_id)
 
 
-def _neighbour_carried_in(channel: str, day: dt.date) -> list[str] | None:
+def our_accounts(run: Run) -> list[str]:
+    """The ``Order.channel_account`` values of the run's account: its id, and for the primary account also ""
+    (orders placed before accounts were recorded)."""
+    return [run.account, ""] if run.account == get_channel(run.channel).account else [run.account]
+
+
+def _neighbour_carried_in(run: Run, day: dt.date) -> list[str] | None:
     """The keys the latest finished run of ``day`` matched as carry-overs; None if that day has no run yet."""
-    neighbour = (Run.objects.filter(channel=channel, business_date=day, status=Run.Status.SUCCEEDED)
+    neighbour = (Run.objects.filter(channel=run.channel, account=run.account, business_date=day,
+                                    status=Run.Status.SUCCEEDED)
                  .order_by("-version").first())
     return None if neighbour is None else list(neighbour.carried_in)
 
@@ -138,7 +147,8 @@ def _record_discrepancies(run: Run, window: matching.Window) -> tuple[list[str],
             batch.clear()
 
     duplicates: list[matching.Duplicate] = []
-    for pair in matching.unmatched(run_pk=run.pk, channel=run.channel, window=window, duplicates=duplicates):
+    for pair in matching.unmatched(run_pk=run.pk, channel=run.channel, accounts=our_accounts(run), window=window,
+                                   duplicates=duplicates):
         bill, ours = pair.bill, pair.ours
         common = {"run": run, "record": (bill or ours).kind, "out_refund_no": pair.out_refund_no,  # type: ignore[union-attr]
                   "channel_trade_no": pair.channel_trade_no, "order_id": pair.order_id, "refund_id": pair.refund_id}
@@ -168,7 +178,7 @@ def _record_discrepancies(run: Run, window: matching.Window) -> tuple[list[str],
             if near_end or near_start:
                 day = run.business_date + dt.timedelta(days=1 if near_end else -1)
                 if day not in neighbours:
-                    neighbours[day] = _neighbour_carried_in(run.channel, day)
+                    neighbours[day] = _neighbour_carried_in(run, day)
                 keys = neighbours[day]
                 if keys is not None and ours.key in keys:
                     carried_out.append(ours.key)  # the neighbouring day's bill has it
@@ -208,6 +218,7 @@ def _settle_carry_overs(run: Run, carried_in: list[str]) -> None:
     """Carry-overs of the neighbouring days that waited for this run: matched here, or now really missing."""
     waiting = Discrepancy.objects.filter(
         status=DStatus.CARRY_OVER, awaits_date=run.business_date, run__channel=run.channel,
+        run__account=run.account,
     )
     keys = set(carried_in)
     now = timezone.now()
@@ -234,7 +245,7 @@ def run_compensate(*, run_id: int) -> None:
         order = d.order
         assert order is not None
         try:
-            trade = get_channel(order.channel).query_trade(out_trade_no=order.public_id)
+            trade = payment_services.channel_of(order).query_trade(out_trade_no=order.public_id)
         except ChannelError as exc:
             Discrepancy.objects.filter(pk=d.pk).update(resolution=f"query failed ({exc.code}); try again"[:255])
             continue

@@ -14,7 +14,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from channels.base import BillNotReady, Retryable, UnknownOutcome
-from channels.registry import available_channels
+from channels.registry import accounts, available_channels
 from reconciliation import services
 from reconciliation.models import Run
 
@@ -42,9 +42,11 @@ def run_reconciliation(self: Task, run_id: int) -> None:
 
 @shared_task
 def reconcile_channel(channel: str, business_date: str | None = None) -> None:
-    """Beat's daily entry: a new run of the channel's previous business day (or ``business_date``)."""
+    """Beat's daily entry: a new run of the channel's previous business day (or ``business_date``), one for each
+    of its accounts (a backup account has its own bill)."""
     if channel not in available_channels():
         return  # not configured on this deployment
     day = dt.date.fromisoformat(business_date) if business_date else services.previous_business_date(channel=channel)
-    run = services.run_create(channel=channel, business_date=day, triggered_by="beat")
-    run_reconciliation.delay(run.pk)
+    for adapter in accounts(channel):
+        run = services.run_create(channel=channel, account=adapter.account, business_date=day, triggered_by="beat")
+        run_reconciliation.delay(run.pk)

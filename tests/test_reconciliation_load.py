@@ -71,7 +71,8 @@ def test_the_sides_of_both_ways_are_equal_and_the_join_finds_the_duplicates() ->
         try:
             matching.load_bill(run_pk=run_pk, rows=bill)
             found: list[matching.Duplicate] = []
-            pairs = list(matching.unmatched(run_pk=run_pk, channel="sandbox", window=window, duplicates=found))
+            pairs = list(matching.unmatched(run_pk=run_pk, channel="sandbox", accounts=[""], window=window,
+                                                duplicates=found))
             figures.append((matching.bill_side(run_pk=run_pk), found, len(pairs)))
             assert found == matching.duplicates(run_pk=run_pk)  # as grouping the bill finds them
         finally:

@@ -15,6 +15,7 @@ from payments.services.merchants import api_key_create, api_key_rotate, hash_key
 from payments.services.notifications import notification_apply, notification_receive
 from payments.services.orders import (
     channel_notify_url,
+    channel_of,
     order_accept_late_payment,
     order_apply_trade,
     order_charge,
@@ -44,7 +45,7 @@ __all__ = [
     "DuplicateError", "NoEndpoint", "OrderStateError", "RefundExceedsAmount",
     "api_key_create", "api_key_rotate", "hash_key", "merchant_create",
     "notification_apply", "notification_receive",
-    "channel_notify_url", "order_accept_late_payment", "order_apply_trade", "order_charge", "order_close",
+    "channel_notify_url", "channel_of", "order_accept_late_payment", "order_apply_trade", "order_charge", "order_close",
     "order_create", "order_expire", "order_flag", "order_query", "order_retry",
     "order_refund_late_payment", "refund_apply_result", "refund_flag", "refund_request", "refund_submit",
     "event_redeliver", "webhook_deliver", "webhook_secret_rotate",

@@ -4,11 +4,16 @@ query, refund) stays with the account it was placed with."""
 
 from __future__ import annotations
 
+import datetime as dt
+import io
+
 import pytest
+from django.core.management import call_command
 
 from channels.registry import BACKUP, PRIMARY, breakers, get_channel
 from payments import services
 from payments.models import ChannelNotification, Order, Refund
+from reconciliation.models import Run
 from tests.conftest import make_actor
 from tests.e2e.conftest import Simulator, wait_until
 from tests.e2e.orders import create_order, order_in, pay
@@ -47,3 +52,29 @@ def test_charges_go_to_the_backup_while_the_primary_is_open_and_stay_there(e2e: 
                         what="the refund at the backup account")
     assert refund.amount == 1000
     assert Order.objects.get(pk=paid.pk).status == "refunded"
+
+
+def test_each_account_is_reconciled_against_its_own_bill(e2e: Simulator) -> None:
+    primary, backup = get_channel("sandbox", PRIMARY), get_channel("sandbox", BACKUP)
+    (primary_breaker,) = [b for b in breakers() if b.channel == "sandbox" and b.account == primary.account]
+    client = make_actor("Two-account merchant").client()
+    primary_breaker.set_mode("force_open")
+    on_backup = order_in(create_order(client, "REC-B")["id"], "pending")
+    primary_breaker.set_mode("auto")
+    on_primary = order_in(create_order(client, "REC-P")["id"], "pending")
+    for order in (on_backup, on_primary):
+        pay(order)
+        order_in(order.public_id, "succeeded")
+
+    out = io.StringIO()
+    call_command("reconcile", "--channel", "sandbox", "--date", dt.datetime.now(dt.UTC).date().isoformat(),
+                 stdout=out)
+    runs = {run.account: run for run in Run.objects.filter(channel="sandbox")}
+    assert set(runs) == {primary.account, backup.account}
+    for account, order in ((primary.account, on_primary), (backup.account, on_backup)):
+        run = runs[account]
+        # Each bill lists its own account's payment, and our side of each run is the orders placed with it: the
+        # other account's payment is neither missing from this bill nor missing from our books.
+        assert (run.status, run.bill_rows, run.discrepancies.count()) == ("succeeded", 1, 0), out.getvalue()
+        assert run.fingerprints_equal
+        assert run.totals["internal"]["payments"] == {"count": 1, "amount": order.amount}

@@ -12,7 +12,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from channels.base import BillNotReady
-from channels.registry import available_channels
+from channels.registry import accounts, available_channels
 from reconciliation import selectors, services
 
 
@@ -22,16 +22,24 @@ class Command(BaseCommand):
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--channel", required=True)
         parser.add_argument("--date", help="YYYY-MM-DD in the channel's zone (default: its previous day)")
+        parser.add_argument("--account", help="one account of the channel (default: each configured account)")
 
-    def handle(self, *args: Any, channel: str, date: str | None, **options: Any) -> None:
+    def handle(self, *args: Any, channel: str, date: str | None, account: str | None, **options: Any) -> None:
         if channel not in available_channels():
             raise CommandError(f"channel {channel!r} is not configured here ({', '.join(available_channels())})")
         try:
             day = dt.date.fromisoformat(date) if date else services.previous_business_date(channel=channel)
         except ValueError:
             raise CommandError("--date must be YYYY-MM-DD") from None
-        run = services.run_create(channel=channel, business_date=day, triggered_by="command")
-        self.stdout.write(f"run {run.public_id}: {channel} {day} version {run.version}")
+        configured = [adapter.account for adapter in accounts(channel)]
+        if account is not None and account not in configured:
+            raise CommandError(f"{channel} has no account {account!r} here ({', '.join(configured)})")
+        for each in [account] if account else configured:
+            self.reconcile(channel, each, day)
+
+    def reconcile(self, channel: str, account: str, day: dt.date) -> None:
+        run = services.run_create(channel=channel, account=account, business_date=day, triggered_by="command")
+        self.stdout.write(f"run {run.public_id}: {channel} ({account}) {day} version {run.version}")
         try:
             run = services.run_execute(run_id=run.pk, progress=lambda line: self.stdout.write(f"  {line}"))
         except BillNotReady as exc:
