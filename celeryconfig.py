@@ -26,6 +26,11 @@ worker_prefetch_multiplier = 1
 task_soft_time_limit = 60
 task_time_limit = 90
 worker_hijack_root_logger = False
+# Celery's Django fixup closes every database connection before and after each task unless this is set: on a
+# threads pool that is a new PostgreSQL connection, a backend forked and authenticated, per task. Django's own
+# rules decide instead (CONN_MAX_AGE, health checks, a connection left broken): payments_site/celery.py calls
+# close_old_connections() around each task, as Django does around each request.
+CELERY_DB_REUSE_MAX = 2**62
 broker_connection_retry_on_startup = True
 
 # The broker is a URL: Redis by default, RabbitMQ where a task must survive the broker (README "Choosing a

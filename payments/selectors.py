@@ -58,10 +58,17 @@ def refunds_unfinished(*, before: dt.datetime) -> list[int]:
     )
 
 
-def webhooks_due(*, now: dt.datetime) -> list[int]:
-    """Webhook deliveries whose next attempt is due (or whose attempt was lost: its lease has run out)."""
+def webhooks_due(*, now: dt.datetime, first_attempt_before: dt.datetime | None = None) -> list[int]:
+    """Webhook deliveries whose next attempt is due (or whose attempt was lost: its lease has run out).
+
+    With ``first_attempt_before`` (beat's sweep), a delivery never attempted counts only once it was due before
+    then: the outbox enqueued its first attempt when it was created, and the sweep takes over only when that one
+    seems lost. Without it, each sweep would send the whole backlog of a busy moment a second time."""
+    due = Q(next_attempt_at__lte=now)
+    if first_attempt_before is not None:
+        due &= Q(attempts__gt=0) | Q(next_attempt_at__lte=first_attempt_before)
     return list(
-        WebhookDelivery.objects.filter(state=WebhookDelivery.State.PENDING, next_attempt_at__lte=now)
+        WebhookDelivery.objects.filter(due, state=WebhookDelivery.State.PENDING)
         .order_by("next_attempt_at")
         .values_list("id", flat=True)[:SWEEP_BATCH]
     )

@@ -155,7 +155,10 @@ def purge_idempotency_records() -> int:
 
 @shared_task
 def sweep_webhooks() -> int:
-    ids = selectors.webhooks_due(now=timezone.now())
+    # Retries are only ever sent from here; a first attempt was enqueued by the outbox, and is sent again from here
+    # only once it seems lost.
+    ids = selectors.webhooks_due(now=timezone.now(),
+                                 first_attempt_before=_ago(settings.WEBHOOK_SWEEP_FIRST_ATTEMPT_AFTER_S))
     for delivery_id in ids:
         deliver_webhook.delay(delivery_id)
     return len(ids)

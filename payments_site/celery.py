@@ -77,17 +77,32 @@ def _beat_starting(**_: Any) -> None:
 # Each task starts with an empty log context, naming the task; services bind the ids they load.
 @signals.task_prerun.connect
 def _task_log_context(task: Any = None, **_: Any) -> None:
+    from django.db import close_old_connections
+
     from payments import observability
 
     observability.clear()
     observability.bind(task=getattr(task, "name", None))
+    # A task is a request: its thread's connection is kept up to CONN_MAX_AGE (celeryconfig.CELERY_DB_REUSE_MAX
+    # keeps Celery from closing it after every task), and dropped if it broke or is too old. Not for a task run
+    # eagerly, inside its caller's transaction.
+    if not _eager(task):
+        close_old_connections()
 
 
 @signals.task_postrun.connect
-def _task_log_context_done(**_: Any) -> None:
+def _task_log_context_done(task: Any = None, **_: Any) -> None:
+    from django.db import close_old_connections
+
     from payments import observability
 
     observability.clear()
+    if not _eager(task):
+        close_old_connections()
+
+
+def _eager(task: Any) -> bool:
+    return bool(getattr(getattr(task, "request", None), "is_eager", False))
 
 
 @signals.task_retry.connect

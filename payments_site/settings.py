@@ -213,6 +213,9 @@ WEBHOOK_RETRY_SCHEDULE_S = [
 WEBHOOK_TIMEOUT_S = env.float("WEBHOOK_TIMEOUT_S", default=10.0)
 # How often beat sends the deliveries that are due.
 WEBHOOK_SWEEP_INTERVAL_S = env.float("WEBHOOK_SWEEP_INTERVAL_S", default=5.0)
+# A first attempt is enqueued through the outbox; the sweep sends it again only once it has waited this long (a
+# broker that lost it). Shorter, and a busy moment's backlog would be sent twice, and grow.
+WEBHOOK_SWEEP_FIRST_ATTEMPT_AFTER_S = env.int("WEBHOOK_SWEEP_FIRST_ATTEMPT_AFTER_S", default=300)
 # A rotated secret keeps signing (a second signature) this long.
 WEBHOOK_SECRET_GRACE_S = env.int("WEBHOOK_SECRET_GRACE_S", default=24 * 3600)
 # Hosts (names, addresses or networks) that merchant webhook URLs may point at although they are private,
@@ -313,6 +316,9 @@ LOGGING: dict[str, Any] = {
         # httpx logs every request's full URL, query string (and an Alipay signature) included; the channel
         # wrapper logs each call without it.
         "httpx": {"level": "WARNING"},
+        # "Task … received": one line per task that its "succeeded" (or retry, or failure) line repeats, with the
+        # duration. A line per task and worker, under load, that no one reads.
+        "celery.worker.strategy": {"level": "WARNING"},
     },
 }
 

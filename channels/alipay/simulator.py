@@ -477,7 +477,7 @@ class AlipaySimulator(ChannelSimulator):
             params["sign"] = _corrupt(signature) if bad_signature else signature
             return urlencode(params).encode(), {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}
 
-        notification = Notification(fields["notify_id"], kind, trade.notify_url, render)
+        notification = Notification(fields["notify_id"], kind, trade.notify_url, render, key=trade.out_trade_no)
         trade.notifications.append(notification)
         self.notify(notification)
 

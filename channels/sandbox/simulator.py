@@ -305,7 +305,7 @@ class SandboxSimulator(ChannelSimulator):
                 SIGNATURE_HEADER: _corrupt(signature) if bad_signature else signature,
             }
 
-        notification = Notification(notification_id, type_, trade.notify_url, render)
+        notification = Notification(notification_id, type_, trade.notify_url, render, key=trade.out_trade_no)
         trade.notifications.append(notification)
         self.notify(notification)
 

@@ -8,7 +8,9 @@ import itertools
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,6 +22,9 @@ from .faults import NOTIFY_MODES, Clock, FaultBook
 log = logging.getLogger(__name__)
 
 OUT_OF_ORDER_HOLD_S = 2.0  # simulated seconds a held notification waits for a successor
+# Attempts in flight at once (to different trades): a real channel notifies many merchants concurrently, and one
+# slow receiver must not hold up every other trade's notification.
+SEND_CONCURRENCY = 16
 SEND_TIMEOUT = httpx.Timeout(5.0, connect=2.0)
 
 # render(tamper_amount, bad_signature) -> (body, headers); supplied by the channel for each notification.
@@ -36,6 +41,7 @@ class Notification:
     tries: int = 0  # scheduled attempts made (a duplicate_notify pair counts once)
     held: bool = False
     generation: int = 0
+    key: str = ""  # the trade it is about: one trade's notifications are sent one at a time, in order
 
 
 def rfc3339(t: float, ms: bool = False) -> str:
@@ -60,10 +66,14 @@ def is_loopback_url(url: str, extra_hosts: Iterable[str] = ()) -> bool:
 
 
 class Notifier:
-    """One background thread that sends due notifications one at a time.
+    """One background thread takes due notifications in order and decides each attempt's fault; a bounded pool
+    (``SEND_CONCURRENCY`` threads) sends them.
 
-    Sending sequentially keeps the order of notifications (and of the out-of-order fault) deterministic; a
-    receiver that is down fails fast on loopback, and a slow one costs at most SEND_TIMEOUT per attempt.
+    What stays deterministic: faults are taken by the one scheduling thread, in due order; the notifications of
+    one trade (``Notification.key``) are sent one at a time, in that order (a trade's next attempt waits for the
+    one in flight); and a notification held by the out-of-order fault is released only once its successor's
+    send has finished, so it arrives after it. A receiver that is down fails fast on loopback, and a slow one
+    costs at most SEND_TIMEOUT per attempt, holding one pool thread, not the other trades.
     Only loopback receivers (plus `extra_hosts`) are ever contacted: the simulator must not call out.
     """
 
@@ -83,7 +93,11 @@ class Notifier:
         self._generation = 0
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self._client = httpx.Client(timeout=SEND_TIMEOUT, trust_env=False)
+        limits = httpx.Limits(max_connections=SEND_CONCURRENCY, max_keepalive_connections=SEND_CONCURRENCY)
+        self._client = httpx.Client(timeout=SEND_TIMEOUT, trust_env=False, limits=limits)
+        self._pool = ThreadPoolExecutor(SEND_CONCURRENCY, thread_name_prefix="sim-notify")
+        # Keys with an attempt in flight, and the attempts (with their fault) waiting behind it.
+        self._busy: dict[str, deque[tuple[Notification, Any, Any]]] = {}
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="sim-notifier", daemon=True)
@@ -95,6 +109,7 @@ class Notifier:
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=SEND_TIMEOUT.read or 5.0)
+        self._pool.shutdown(wait=True, cancel_futures=True)
         self._client.close()
 
     def reset(self) -> None:
@@ -131,11 +146,13 @@ class Notifier:
                     continue
                 notification = heapq.heappop(self._heap)[2]
             try:
-                self._attempt(notification)
+                self._dispatch(notification)
             except Exception:  # the thread must survive anything a receiver or a bug throws at it
                 log.exception("notification %s: attempt failed unexpectedly", notification.id)
 
-    def _attempt(self, n: Notification) -> None:
+    def _dispatch(self, n: Notification) -> None:
+        """Decide the attempt's faults (here, in due order), then send it on the pool after the trade's attempt in
+        flight, if any."""
         fault = None if n.held else self._faults.take("notify", NOTIFY_MODES)
         mode = fault.mode if fault else None
         if mode == "out_of_order_notify":
@@ -145,6 +162,31 @@ class Notifier:
             return
         n.held = False
         latency = self._faults.take("notify", ("latency",))
+        key = n.key or n.id
+        with self._cond:
+            waiting = self._busy.get(key)
+            if waiting is not None:
+                waiting.append((n, mode, latency))
+                return
+            self._busy[key] = deque()
+        self._pool.submit(self._run_key, key, n, mode, latency)
+
+    def _run_key(self, key: str, n: Notification, mode: Any, latency: Any) -> None:
+        while True:
+            try:
+                self._attempt(n, mode, latency)
+            except Exception:  # a pool thread must survive anything a receiver or a bug throws at it
+                log.exception("notification %s: attempt failed unexpectedly", n.id)
+            with self._cond:
+                waiting = self._busy[key]
+                while waiting and waiting[0][0].generation != self._generation:
+                    waiting.popleft()  # queued before a reset: forgotten, as the heap's are
+                if not waiting:
+                    del self._busy[key]
+                    return
+                n, mode, latency = waiting.popleft()
+
+    def _attempt(self, n: Notification, mode: str | None, latency: Any) -> None:
         if latency:
             time.sleep(latency.latency_ms / 1000)
         acknowledged = False

@@ -393,7 +393,7 @@ class WechatPaySimulator(ChannelSimulator):
                 headers[signing.SIGNATURE_HEADER] = _corrupt(headers[signing.SIGNATURE_HEADER])
             return body, headers
 
-        notification = Notification(notification_id, event_type, url, render)
+        notification = Notification(notification_id, event_type, url, render, key=trade.out_trade_no)
         trade.notifications.append(notification)
         self.notify(notification)
 

@@ -166,7 +166,15 @@ def order_apply_trade(*, order_id: int, trade: TradeResult, source: str) -> Orde
 def apply_trade(order: Order, trade: TradeResult, source: str) -> None:
     """Apply ``trade`` to an order the caller holds locked (also a notification's work)."""
     order.last_channel_check_at = timezone.now()
-    order.save(update_fields=["last_channel_check_at"])
+    status = order.status
+    _apply_trade(order, trade, source)
+    if order.status == status:
+        # A transition saves the whole row, the check's time with it; otherwise the time is saved alone. One
+        # UPDATE where there were two.
+        order.save(update_fields=["last_channel_check_at"])
+
+
+def _apply_trade(order: Order, trade: TradeResult, source: str) -> None:
     if trade.status == TradeStatus.NOT_FOUND:
         return
     if (trade.amount is not None and trade.amount != order.amount) or (

@@ -16,6 +16,7 @@ import json
 import logging
 import random
 import secrets
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
@@ -45,7 +46,10 @@ def delivery_create(*, event: Event, url: str) -> WebhookDelivery:
 
 def deliveries_for_new_event(event: Event, order: Order | None) -> None:
     """Called in the transaction that records ``event``: its delivery, if the merchant has an endpoint."""
-    url = endpoint_of(order, Merchant.objects.only("default_notify_url").get(pk=event.merchant_id))
+    if order is not None and order.notify_url:
+        url = order.notify_url  # the merchant's default is not read when the order names its own
+    else:
+        url = endpoint_of(order, Merchant.objects.only("default_notify_url").get(pk=event.merchant_id))
     if url:
         delivery_create(event=event, url=url)
 
@@ -115,27 +119,30 @@ def webhook_deliver(*, delivery_id: int) -> WebhookAttempt | None:
     # The scheme was checked when the URL was given (https with live keys); the address is checked again here.
     answer = webhook_http.post(delivery.url, body, msg_id=event.public_id,
                                secrets=signing_secrets(merchant, now=now), live=False)
-    return _record(delivery.pk, number=delivery.attempts, at=now, answer=answer)
+    return _record(delivery, number=delivery.attempts, at=now, answer=answer)
 
 
-def _record(delivery_id: int, *, number: int, at: dt.datetime, answer: webhook_http.Answer) -> WebhookAttempt:
+def _record(delivery: WebhookDelivery, *, number: int, at: dt.datetime, answer: webhook_http.Answer) -> WebhookAttempt:
+    """Record attempt ``number`` of the delivery this worker claimed (its lease keeps others off it): the row is
+    updated by id, without reading it again, and locked by that UPDATE for the rest of the transaction."""
+    now = timezone.now()
+    changes: dict[str, Any] = {"last_status": answer.status, "last_error": answer.error, "updated_at": now}
+    if answer.delivered:
+        changes.update(state=State.DELIVERED, delivered_at=now, next_attempt_at=None)
+        outcome = "delivered"
+    elif (delay := retry_delay(number)) is not None:
+        changes.update(next_attempt_at=now + delay)
+        outcome = "retrying"
+    else:
+        changes.update(state=State.FAILED, next_attempt_at=None)
+        outcome = "failed"
     with transaction.atomic():
-        delivery = WebhookDelivery.objects.select_for_update().select_related("event").get(pk=delivery_id)
-        attempt = WebhookAttempt.objects.create(delivery=delivery, number=number, at=at, http_status=answer.status,
-                                                latency_ms=answer.latency_ms, error=answer.error)
-        delivery.last_status = answer.status
-        delivery.last_error = answer.error
-        if answer.delivered:
-            delivery.state, delivery.delivered_at, delivery.next_attempt_at = State.DELIVERED, timezone.now(), None
-            outcome = "delivered"
-        elif (delay := retry_delay(number)) is not None:
-            delivery.next_attempt_at = timezone.now() + delay
-            outcome = "retrying"
-        else:
-            delivery.state, delivery.next_attempt_at = State.FAILED, None
-            outcome = "failed"
-        delivery.save(update_fields=["state", "delivered_at", "next_attempt_at", "last_status", "last_error",
-                                     "updated_at"])
+        WebhookDelivery.objects.filter(pk=delivery.pk).update(**changes)
+        attempt = WebhookAttempt.objects.create(delivery_id=delivery.pk, number=number, at=at,
+                                                http_status=answer.status, latency_ms=answer.latency_ms,
+                                                error=answer.error)
+    for name, value in changes.items():
+        setattr(delivery, name, value)
     metrics.WEBHOOK_DELIVERIES.labels(outcome=outcome).inc()
     metrics.WEBHOOK_ATTEMPT_SECONDS.observe(answer.latency_ms / 1000)
     extra = {"event_id": delivery.event.public_id, "attempt": number, "outcome": outcome}
