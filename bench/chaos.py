@@ -178,6 +178,7 @@ class Stack:
         self.sim_port = free_port()
         self.procs: dict[str, subprocess.Popen] = {}
         self.gate = Gate(self.sim_port)
+        self.restarts = 0  # workers that exited by themselves and were started again
         self.redis_proc: subprocess.Popen | None = None
         self.pg_started = False
         self.database_url = f"postgres://postgres@127.0.0.1:{self.pg_port}/payments_chaos"
@@ -198,6 +199,7 @@ class Stack:
             "CHANNEL_CONNECT_TIMEOUT_S": "1", "CHANNEL_READ_TIMEOUT_S": "2", "CHANNEL_BREAKER_OPEN_S": "2",
             "WEBHOOK_ALLOWED_HOSTS": "localhost,127.0.0.0/8,::1", "WEBHOOK_TIMEOUT_S": "3",
             "WEBHOOK_RETRY_SCHEDULE_S": "1,1,2,2,3,5,5,5,10,10,10,10", "WEBHOOK_SWEEP_INTERVAL_S": "1",
+            "WEBHOOK_SWEEP_FIRST_ATTEMPT_AFTER_S": "10",
             "DEFAULT_RATE_LIMIT_PER_S": "1000", "DB_CONN_MAX_AGE": "60", "LOG_SAMPLE_RATE": "0.05",
             "PYTHONUNBUFFERED": "1",
         }
@@ -303,9 +305,17 @@ class Stack:
         self.check_alive()
 
     def check_alive(self) -> None:
-        for name, proc in self.procs.items():
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited ({proc.returncode}); see {self.logs / name}.log")
+        for name, proc in list(self.procs.items()):
+            if proc.poll() is None:
+                continue
+            if name in ("worker1", "worker2"):
+                # As a supervisor would. A worker whose pool children are killed while it starts them gives up
+                # ("Could not start worker processes"): scenario 1 does that on purpose.
+                log(f"  {name} exited ({proc.returncode}); restarted")
+                self.restarts += 1
+                self.start_worker(name)
+                continue
+            raise RuntimeError(f"{name} exited ({proc.returncode}); see {self.logs / name}.log")
 
     def create_merchants(self, names: list[str]) -> dict[str, dict[str, str]]:
         """One merchant per scenario, made at once (each manage.py costs seconds of start-up on a busy machine)."""
@@ -344,7 +354,7 @@ class Stack:
         proc.wait()
 
     def stop(self) -> None:
-        for proc in self.procs.values():
+        for proc in reversed(self.procs.values()):
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGTERM)
@@ -826,6 +836,7 @@ def kill_workers(drill: Drill) -> None:
     kills = 0
     while not drill.done.is_set():
         time.sleep(rng.uniform(0.5, 1.5))
+        drill.stack.check_alive()
         name = rng.choice(["worker1", "worker2"])
         if kills % 6 == 5:
             drill.stack.kill_tree(name)
@@ -837,7 +848,7 @@ def kill_workers(drill: Drill) -> None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(rng.choice(kids), signal.SIGKILL)
         kills += 1
-    log(f"  {kills} kills")
+    log(f"  {kills} kills, {drill.stack.restarts} workers restarted after exiting by themselves")
 
 
 def flush_redis(drill: Drill) -> None:
@@ -973,6 +984,7 @@ def main(argv: list[str] | None = None) -> int:
             log(format_row(row))
             for note in row.notes:
                 log(f"    {note}")
+            write_table(args, rows, time.monotonic() - began, partial=True)
         failed = any(row.bad() for row in rows)
     finally:
         stack.stop()
@@ -982,17 +994,21 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir / "pg", ignore_errors=True)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-    elapsed = time.monotonic() - began
+    write_table(args, rows, time.monotonic() - began)
+    return 1 if failed else 0
+
+
+def write_table(args: argparse.Namespace, rows: list[Row], elapsed: float, partial: bool = False) -> None:
     lines = [
         f"make chaos, {dt.date.today().isoformat()}, {os.cpu_count()} cores (shared), {args.orders} orders per "
         f"scenario, {args.concurrency} merchant threads, total {elapsed / 60:.1f} min",
         HEADER, *(format_row(row) for row in rows), "",
         *(f"{row.scenario}: {note}" for row in rows for note in row.notes),
     ]
-    print("\n".join(lines))
-    if args.output:
+    if not partial:
+        print("\n".join(lines))
+    if args.output:  # also after each scenario, so that a run cut short keeps what it measured
         Path(args.output).write_text("\n".join(lines) + "\n")
-    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -64,13 +64,20 @@ def webhooks_due(*, now: dt.datetime, first_attempt_before: dt.datetime | None =
     With ``first_attempt_before`` (beat's sweep), a delivery never attempted counts only once it was due before
     then: the outbox enqueued its first attempt when it was created, and the sweep takes over only when that one
     seems lost. Without it, each sweep would send the whole backlog of a busy moment a second time."""
+    return [delivery_id for delivery_id, _ in webhooks_due_attempts(now=now, first_attempt_before=first_attempt_before)]
+
+
+def webhooks_due_attempts(
+    *, now: dt.datetime, first_attempt_before: dt.datetime | None = None
+) -> list[tuple[int, int]]:
+    """``webhooks_due`` with each delivery's attempt count, which names the attempt that is due."""
     due = Q(next_attempt_at__lte=now)
     if first_attempt_before is not None:
         due &= Q(attempts__gt=0) | Q(next_attempt_at__lte=first_attempt_before)
     return list(
         WebhookDelivery.objects.filter(due, state=WebhookDelivery.State.PENDING)
         .order_by("next_attempt_at")
-        .values_list("id", flat=True)[:SWEEP_BATCH]
+        .values_list("id", "attempts")[:SWEEP_BATCH]
     )
 
 

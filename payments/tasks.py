@@ -15,6 +15,7 @@ from typing import Any
 from celery import Task, shared_task
 from celery.exceptions import Reject, Retry
 from django.conf import settings
+from django.core.cache import cache
 from django.db import OperationalError
 from django.utils import timezone
 
@@ -153,15 +154,34 @@ def purge_idempotency_records() -> int:
     return idempotency.idempotency_purge(now=timezone.now())
 
 
+# How long the sweep trusts a delivery task it queued to be run before it queues another for the same attempt.
+SWEEP_WEBHOOK_REQUEUE_S = 120
+
+
+def webhook_sweep_key(delivery_id: int, attempts: int) -> str:
+    return f"sweep-webhook:{delivery_id}:{attempts}"
+
+
 @shared_task
 def sweep_webhooks() -> int:
     # Retries are only ever sent from here; a first attempt was enqueued by the outbox, and is sent again from here
     # only once it seems lost.
-    ids = selectors.webhooks_due(now=timezone.now(),
-                                 first_attempt_before=_ago(settings.WEBHOOK_SWEEP_FIRST_ATTEMPT_AFTER_S))
-    for delivery_id in ids:
-        deliver_webhook.delay(delivery_id)
-    return len(ids)
+    due = selectors.webhooks_due_attempts(now=timezone.now(),
+                                          first_attempt_before=_ago(settings.WEBHOOK_SWEEP_FIRST_ATTEMPT_AFTER_S))
+    # Each due attempt is queued once, not at every sweep: it stays due until a worker takes it, so while the
+    # webhooks queue was backlogged every sweep added a copy of each (a Redis FLUSHALL in `make chaos`: 165,000
+    # copies, fresh deliveries starved behind them). A task lost with Redis loses its key with it; one lost
+    # otherwise is queued again after SWEEP_WEBHOOK_REQUEUE_S.
+    sent = 0
+    for delivery_id, attempts in due:
+        try:
+            first = cache.add(webhook_sweep_key(delivery_id, attempts), 1, timeout=SWEEP_WEBHOOK_REQUEUE_S)
+        except Exception:  # Redis unreachable: send anyway (a repeat sends nothing twice) rather than not at all
+            first = True
+        if first:
+            deliver_webhook.delay(delivery_id)
+            sent += 1
+    return sent
 
 
 @shared_task

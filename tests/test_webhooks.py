@@ -240,3 +240,27 @@ def test_the_admin_refuses_an_unsafe_default_endpoint(admin_client, merchant_a, 
         "is_active": "on"})
     assert response.status_code == 200 and "private or reserved address" in response.content.decode()
     assert Merchant.objects.get(pk=merchant.pk).default_notify_url == ""
+
+
+def test_the_sweep_queues_each_due_attempt_once_not_at_every_sweep(receiver: Receiver, db, settings,
+                                                                   monkeypatch) -> None:
+    # `make chaos`, Redis FLUSHALL: a due delivery stays due until a worker takes its task, and every sweep queued
+    # another copy of it, faster than the backlogged webhooks worker drained them.
+    from django.core.cache import cache
+
+    from payments import tasks
+
+    settings.WEBHOOK_SWEEP_FIRST_ATTEMPT_AFTER_S = 0  # the first attempt's task counts as lost at once
+    queued: list[int] = []
+    monkeypatch.setattr(tasks.deliver_webhook, "delay", queued.append)
+    receiver.script["/sweep"] = [500]
+    delivery = WebhookDelivery.objects.get(event=order_with_event(make_actor("Sweep merchant"),
+                                                                  receiver.url("/sweep")))
+    cache.delete_many([tasks.webhook_sweep_key(delivery.pk, n) for n in (0, 1)])  # ids repeat across test runs
+    for _ in range(3):
+        tasks.sweep_webhooks()
+    assert queued == [delivery.pk]
+    services.webhook_deliver(delivery_id=delivery.pk)  # answered 500: attempt 2 is due at once (schedule 0 s)
+    for _ in range(3):
+        tasks.sweep_webhooks()
+    assert queued == [delivery.pk, delivery.pk]  # the next attempt is queued as soon as it is due, once
