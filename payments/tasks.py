@@ -117,9 +117,31 @@ def _ago(seconds: int) -> dt.datetime:
     return timezone.now() - dt.timedelta(seconds=seconds)
 
 
+def _declare_queue_of(task: Task) -> None:
+    """Bind again the queue ``task`` is routed to, before a sweep sends work to it. On Redis a queue's binding is
+    a key: a FLUSHALL (`make chaos`) deletes it without dropping any connection, so nobody declares it again and
+    every message sent to the queue is dropped, until a worker restarts. kombu remembers in memory what each
+    process declared and skips a declare, so the binding is written directly (one SADD). On RabbitMQ bindings
+    are the server's and go only with their queue: nothing to do."""
+    try:
+        queue = task.app.amqp.router.route({}, task.name)["queue"]
+        with task.app.producer_or_acquire() as producer:
+            channel = producer.channel
+            if producer.connection.transport.driver_type != "redis":
+                return
+            exchange = queue.exchange.name
+            meta = channel.typeof(exchange).prepare_bind(queue.name, exchange, queue.routing_key,
+                                                          queue.binding_arguments)
+            channel._queue_bind(exchange, *meta)
+    except Exception as exc:  # the send below reports a broker that is down; this must not stop the sweep
+        log.warning("could not bind the queue of %s again: %s", task.name, exc)
+
+
 @shared_task
 def sweep_created_orders() -> int:
     ids = selectors.orders_awaiting_charge(before=_ago(settings.SWEEP_CREATED_AFTER_S))
+    if ids:
+        _declare_queue_of(charge_order)
     for order_id in ids:
         charge_order.delay(order_id)
     return len(ids)
@@ -128,6 +150,8 @@ def sweep_created_orders() -> int:
 @shared_task
 def sweep_pending_orders() -> int:
     ids = selectors.orders_awaiting_news(before=_ago(settings.SWEEP_PENDING_QUERY_AFTER_S))
+    if ids:
+        _declare_queue_of(query_order)
     for order_id in ids:
         query_order.delay(order_id)
     return len(ids)
@@ -136,6 +160,8 @@ def sweep_pending_orders() -> int:
 @shared_task
 def sweep_expired_orders() -> int:
     ids = selectors.orders_expired(now=timezone.now())
+    if ids:
+        _declare_queue_of(expire_order)
     for order_id in ids:
         expire_order.delay(order_id)
     return len(ids)
@@ -144,6 +170,8 @@ def sweep_expired_orders() -> int:
 @shared_task
 def sweep_refunds() -> int:
     ids = selectors.refunds_unfinished(before=_ago(settings.SWEEP_REFUND_AFTER_S))
+    if ids:
+        _declare_queue_of(refund_order)
     for refund_id in ids:
         refund_order.delay(refund_id)
     return len(ids)
@@ -172,6 +200,8 @@ def sweep_webhooks() -> int:
     # webhooks queue was backlogged every sweep added a copy of each (a Redis FLUSHALL in `make chaos`: 165,000
     # copies, fresh deliveries starved behind them). A task lost with Redis loses its key with it; one lost
     # otherwise is queued again after SWEEP_WEBHOOK_REQUEUE_S.
+    if due:
+        _declare_queue_of(deliver_webhook)
     sent = 0
     for delivery_id, attempts in due:
         try:
@@ -187,6 +217,8 @@ def sweep_webhooks() -> int:
 @shared_task
 def sweep_notifications() -> int:
     ids = selectors.notifications_unprocessed(before=_ago(settings.SWEEP_NOTIFICATION_AFTER_S))
+    if ids:
+        _declare_queue_of(process_notification)
     for notification_id in ids:
         process_notification.delay(notification_id)
     return len(ids)

@@ -32,3 +32,20 @@ def test_queues_do_not_share_a_binding() -> None:
     assert app.conf.worker_prefetch_multiplier == 1
     # Redis re-delivers unacknowledged messages after the visibility timeout: it must outlast any retry delay.
     assert app.conf.broker_transport_options["visibility_timeout"] > settings.TASK_RETRY_BACKOFF_MAX_S
+
+
+def test_a_sweep_declares_its_queue_again_after_redis_lost_the_binding() -> None:
+    # `make chaos`, Redis FLUSHALL: the binding key went, no connection dropped, and every message sent to the queue
+    # was dropped (Celery declares a queue once per connection) until a worker restarted.
+    import redis
+
+    from payments import tasks
+
+    with app.connection_for_write() as conn:
+        if conn.transport.driver_type != "redis":
+            pytest.skip("the broker is not Redis")
+        client = redis.Redis.from_url(conn.as_uri(include_password=True))
+    key = "_kombu.binding.webhooks"
+    client.delete(key)
+    tasks._declare_queue_of(tasks.deliver_webhook)
+    assert client.smembers(key)
