@@ -178,7 +178,8 @@ class Stack:
         self.sim_port = free_port()
         self.procs: dict[str, subprocess.Popen] = {}
         self.gate = Gate(self.sim_port)
-        self.restarts = 0  # workers that exited by themselves and were started again
+        self.restarts = 0  # processes that exited by themselves and were started again
+        self.commands: dict[str, tuple[list[str], dict[str, str]]] = {}  # how to start each one again
         self.redis_proc: subprocess.Popen | None = None
         self.pg_started = False
         self.database_url = f"postgres://postgres@127.0.0.1:{self.pg_port}/payments_chaos"
@@ -259,6 +260,8 @@ class Stack:
             self.redis_proc = None
 
     def spawn(self, name: str, args: list[str], **env: str) -> subprocess.Popen:
+        if name != "sim":  # the simulator keeps the channel's ledger in memory: it is never restarted
+            self.commands[name] = (args, env)
         proc = subprocess.Popen(args, cwd=ROOT, env={**self.env, **env},
                                 stdout=(self.logs / f"{name}.log").open("a"), stderr=subprocess.STDOUT,
                                 start_new_session=True)
@@ -308,12 +311,14 @@ class Stack:
         for name, proc in list(self.procs.items()):
             if proc.poll() is None:
                 continue
-            if name in ("worker1", "worker2"):
-                # As a supervisor would. A worker whose pool children are killed while it starts them gives up
-                # ("Could not start worker processes"): scenario 1 does that on purpose.
+            if name in self.commands:
+                # As a supervisor would (compose's restart policy). A worker whose pool children are killed while
+                # it starts them gives up ("Could not start worker processes": scenario 1 does that on purpose), and
+                # Celery workers exit on an AttributeError in their reconnect when Redis goes (scenario 3).
                 log(f"  {name} exited ({proc.returncode}); restarted")
                 self.restarts += 1
-                self.start_worker(name)
+                args, env = self.commands[name]
+                self.spawn(name, args, **env)
                 continue
             raise RuntimeError(f"{name} exited ({proc.returncode}); see {self.logs / name}.log")
 
@@ -758,6 +763,7 @@ class Drill:
         plans = plan_orders(tag, self.args.orders, rng, forge_share)
         log(f"scenario {row.scenario}: {len(plans)} orders")
         started = time.monotonic()
+        restarts_before = self.stack.restarts
         fault_end: list[float] = []
 
         recovered_at: list[float] = []
@@ -806,6 +812,9 @@ class Drill:
             row.recover_s = recovered_at[0] - fault_done
         time.sleep(0.5)  # the last webhook's answer reaches the receiver's records
         account(self.stack, merchant, self.receiver, plans, row)
+        if self.stack.restarts > restarts_before:
+            row.notes.append(f"{self.stack.restarts - restarts_before} processes exited by themselves and were "
+                             "restarted, as a supervisor would")
         not_accepted = sum(1 for p in plans if not p.accepted)
         if not_accepted:
             row.notes.append(f"{not_accepted} creates never accepted by the API (the merchant gave up retrying)")
@@ -848,7 +857,7 @@ def kill_workers(drill: Drill) -> None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(rng.choice(kids), signal.SIGKILL)
         kills += 1
-    log(f"  {kills} kills, {drill.stack.restarts} workers restarted after exiting by themselves")
+    log(f"  {kills} kills, {drill.stack.restarts} processes restarted after exiting by themselves")
 
 
 def flush_redis(drill: Drill) -> None:
