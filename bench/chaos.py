@@ -201,6 +201,7 @@ class Stack:
             "WEBHOOK_ALLOWED_HOSTS": "localhost,127.0.0.0/8,::1", "WEBHOOK_TIMEOUT_S": "3",
             "WEBHOOK_RETRY_SCHEDULE_S": "1,1,2,2,3,5,5,5,10,10,10,10", "WEBHOOK_SWEEP_INTERVAL_S": "1",
             "WEBHOOK_SWEEP_FIRST_ATTEMPT_AFTER_S": "10",
+            "WEBHOOK_SWEEP_REQUEUE_S": "15",
             "DEFAULT_RATE_LIMIT_PER_S": "1000", "DB_CONN_MAX_AGE": "60", "LOG_SAMPLE_RATE": "0.05",
             "PYTHONUNBUFFERED": "1",
         }

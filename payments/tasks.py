@@ -183,9 +183,6 @@ def purge_idempotency_records() -> int:
 
 
 # How long the sweep trusts a delivery task it queued to be run before it queues another for the same attempt.
-SWEEP_WEBHOOK_REQUEUE_S = 120
-
-
 def webhook_sweep_key(delivery_id: int, attempts: int) -> str:
     return f"sweep-webhook:{delivery_id}:{attempts}"
 
@@ -199,13 +196,13 @@ def sweep_webhooks() -> int:
     # Each due attempt is queued once, not at every sweep: it stays due until a worker takes it, so while the
     # webhooks queue was backlogged every sweep added a copy of each (a Redis FLUSHALL in `make chaos`: 165,000
     # copies, fresh deliveries starved behind them). A task lost with Redis loses its key with it; one lost
-    # otherwise is queued again after SWEEP_WEBHOOK_REQUEUE_S.
+    # otherwise (a worker killed holding it) is queued again after WEBHOOK_SWEEP_REQUEUE_S.
     if due:
         _declare_queue_of(deliver_webhook)
     sent = 0
     for delivery_id, attempts in due:
         try:
-            first = cache.add(webhook_sweep_key(delivery_id, attempts), 1, timeout=SWEEP_WEBHOOK_REQUEUE_S)
+            first = cache.add(webhook_sweep_key(delivery_id, attempts), 1, timeout=settings.WEBHOOK_SWEEP_REQUEUE_S)
         except Exception:  # Redis unreachable: send anyway (a repeat sends nothing twice) rather than not at all
             first = True
         if first:

@@ -216,6 +216,9 @@ WEBHOOK_SWEEP_INTERVAL_S = env.float("WEBHOOK_SWEEP_INTERVAL_S", default=5.0)
 # A first attempt is enqueued through the outbox; the sweep sends it again only once it has waited this long (a
 # broker that lost it). Shorter, and a busy moment's backlog would be sent twice, and grow.
 WEBHOOK_SWEEP_FIRST_ATTEMPT_AFTER_S = env.int("WEBHOOK_SWEEP_FIRST_ATTEMPT_AFTER_S", default=300)
+# The sweep queues each due attempt once; one whose task was lost anyway (a worker killed holding it) is queued
+# again after this long.
+WEBHOOK_SWEEP_REQUEUE_S = env.int("WEBHOOK_SWEEP_REQUEUE_S", default=120)
 # A rotated secret keeps signing (a second signature) this long.
 WEBHOOK_SECRET_GRACE_S = env.int("WEBHOOK_SECRET_GRACE_S", default=24 * 3600)
 # Hosts (names, addresses or networks) that merchant webhook URLs may point at although they are private,
