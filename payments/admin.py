@@ -187,15 +187,20 @@ class ApiKeyAdmin(ReadOnlyAdmin):
     list_select_related = ("merchant",)
 
 
-class RefundInline(admin.TabularInline):
-    model = Refund
-    fields = ("link", "merchant_refund_no", "refund_amount", "status", "attention", "reason", "created_at")
-    readonly_fields = fields
+class ReadOnlyInline(admin.TabularInline):
+    """Rows shown with their parent, never added, changed or deleted here: their fields are read-only."""
+
     extra = 0
     can_delete = False
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+class RefundInline(ReadOnlyInline):
+    model = Refund
+    fields = ("link", "merchant_refund_no", "refund_amount", "status", "attention", "reason", "created_at")
+    readonly_fields = fields
 
     @admin.display(description="refund")
     def link(self, refund: Refund) -> str:
@@ -454,15 +459,10 @@ class ChannelNotificationAdmin(ReadOnlyAdmin):
     ordering = ("-id",)
 
 
-class WebhookDeliveryInline(admin.TabularInline):
+class WebhookDeliveryInline(ReadOnlyInline):
     model = WebhookDelivery
     fields = ("url", "state", "attempts", "last_status", "last_error", "next_attempt_at", "delivered_at")
     readonly_fields = fields
-    extra = 0
-    can_delete = False
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(Event)
@@ -504,15 +504,10 @@ class EventAdmin(ReadOnlyAdmin):
         self.message_user(request, f"{sent} events sent again")
 
 
-class WebhookAttemptInline(admin.TabularInline):
+class WebhookAttemptInline(ReadOnlyInline):
     model = WebhookAttempt
     fields = ("number", "at", "http_status", "latency_ms", "error")
     readonly_fields = fields
-    extra = 0
-    can_delete = False
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(WebhookDelivery)

@@ -20,7 +20,7 @@ from django.utils.html import format_html
 from channels.money import format_money
 from channels.registry import CHANNEL_NAMES
 from payments import services as payment_services
-from payments.admin import choices_filter
+from payments.admin import ReadOnlyInline, choices_filter
 from reconciliation import services
 from reconciliation.models import Discrepancy, Run
 
@@ -46,18 +46,13 @@ def money(field: str, description: str) -> Any:
     return show
 
 
-class DiscrepancyInline(admin.TabularInline):
+class DiscrepancyInline(ReadOnlyInline):
     model = Discrepancy
     fields = ("kind", "status", "out_trade_no", "out_refund_no", "channel_money", "internal_money", "resolution")
     readonly_fields = fields
-    extra = 0
-    can_delete = False
     show_change_link = True
     channel_money = money("channel_amount", "channel")
     internal_money = money("internal_amount", "ours")
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 def can_download(request: HttpRequest) -> bool:
