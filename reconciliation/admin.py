@@ -20,22 +20,9 @@ from django.utils.html import format_html
 from channels.money import format_money
 from channels.registry import CHANNEL_NAMES
 from payments import services as payment_services
-from payments.admin import ReadOnlyInline, choices_filter
+from payments.admin import ReadOnlyAdmin, ReadOnlyInline, choices_filter
 from reconciliation import services
 from reconciliation.models import Discrepancy, Run
-
-
-class ReadOnly(admin.ModelAdmin):
-    show_full_result_count = False
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 def money(field: str, description: str) -> Any:
@@ -60,7 +47,7 @@ def can_download(request: HttpRequest) -> bool:
 
 
 @admin.register(Run)
-class RunAdmin(ReadOnly):
+class RunAdmin(ReadOnlyAdmin):
     list_display = ["public_id", "channel", "account", "business_date", "version", "status", "bill_rows",
                     "open_discrepancies", "finished_at", "reports"]
     list_filter = [choices_filter("channel", "channel", CHANNEL_NAMES), "status", "business_date", "created_at"]
@@ -124,7 +111,7 @@ class DecisionForm(forms.Form):
 
 
 @admin.register(Discrepancy)
-class DiscrepancyAdmin(ReadOnly):
+class DiscrepancyAdmin(ReadOnlyAdmin):
     list_display = ["id", "run", "kind", "status", "out_trade_no", "channel_money", "internal_money", "decision",
                     "resolved_by", "created_at"]
     list_select_related = ["run"]
