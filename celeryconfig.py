@@ -56,6 +56,8 @@ else:
     # Redis re-delivers an unacknowledged task after this long; it must exceed the longest countdown or ETA
     # we schedule (retry_backoff_max), or a delayed retry would run twice.
     broker_transport_options = {"visibility_timeout": 2 * 3600}
+    # Kombu's Redis transport, with one fix: a worker survives Redis going away (payments_site/broker.py).
+    broker_transport = "payments_site.broker:RedisTransport"
 
 QUEUES = ("charges", "callbacks", "refunds", "webhooks", "reconciliation")
 # Each queue its own exchange and key: a bare Queue(name) would be bound to the default exchange and
