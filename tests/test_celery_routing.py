@@ -44,7 +44,7 @@ def test_a_sweep_declares_its_queue_again_after_redis_lost_the_binding() -> None
     with app.connection_for_write() as conn:
         if conn.transport.driver_type != "redis":
             pytest.skip("the broker is not Redis")
-        client = redis.Redis.from_url(conn.as_uri(include_password=True))
+        client = redis.Redis.from_url(app.conf.broker_url)
     key = "_kombu.binding.webhooks"
     client.delete(key)
     tasks._declare_queue_of(tasks.deliver_webhook)
