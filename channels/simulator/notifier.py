@@ -193,10 +193,11 @@ class Notifier:
         if mode == "drop_notify":
             self._record(n, False)  # the channel made the attempt; the receiver never saw it
         else:
+            # A duplicate is the same request twice: rendered once, since a render stamps the time (Alipay's
+            # notify_time), and one made a second later would not be a duplicate.
+            body, headers = n.render(mode == "tamper_amount_notify", mode == "bad_signature_notify")
             for _ in range(2 if mode == "duplicate_notify" else 1):
-                acknowledged = (
-                    self._send(n, mode == "tamper_amount_notify", mode == "bad_signature_notify") or acknowledged
-                )
+                acknowledged = self._send(n, body, headers) or acknowledged
             self._release_held(n)
         n.tries += 1
         with self._cond:
@@ -207,10 +208,9 @@ class Notifier:
                 return
             self._schedule_at(n, self._clock.now() + self._schedule[n.tries - 1])
 
-    def _send(self, n: Notification, tamper: bool, bad_signature: bool) -> bool:
+    def _send(self, n: Notification, body: bytes, headers: dict[str, str]) -> bool:
         acknowledged = False
         if is_loopback_url(n.url, self._extra_hosts):
-            body, headers = n.render(tamper, bad_signature)
             try:
                 acknowledged = self._acknowledged(self._client.post(n.url, content=body, headers=headers))
             except httpx.HTTPError as exc:
