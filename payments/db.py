@@ -1,19 +1,23 @@
-"""New rows written by one SQL statement: the order-create hot path.
+"""Rows written by one SQL statement: the hot paths (an order's create, a state change and what it causes).
 
 An API create writes three rows: the order, its log row and the answer stored for its Idempotency-Key. With
 ``Model.save()`` in ``transaction.atomic()`` that is BEGIN, three INSERTs and COMMIT: five round trips to
-PostgreSQL, each one paid in both processes. Written as one data-modifying CTE per row, it is a single
-statement: one round trip, and still all or nothing, since a statement is atomic. A unique violation on
-any row writes none of them, and the caller sees ``IntegrityError`` as with ``save()``.
+PostgreSQL, each one paid in both processes, and each statement compiled by the ORM in Python first. A state
+change is the same: the row's UPDATE, its log row, its event, the event's webhook delivery and the delivery's
+notification to the outbox. Written as one data-modifying CTE per row, each is a single statement: one round
+trip, and still all or nothing, since a statement is atomic. A unique violation on any row writes none of
+them, and the caller sees ``IntegrityError`` as with ``save()``.
 
 Values are prepared by each field as ``save()`` does (``pre_save`` fills ``auto_now`` fields,
-``get_db_prep_save`` adapts JSON). A ``pg_notify`` can ride along: PostgreSQL sends it only if the statement
-commits (``payments.outbox``).
+``get_db_prep_save`` adapts JSON). A foreign key to a row added earlier to the same statement takes that row's
+new id inside the statement (an event's delivery). A ``pg_notify`` can ride along: PostgreSQL sends it only if
+the statement commits (``payments.outbox``).
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Collection, Sequence
 from functools import cache
 
 import psycopg
@@ -35,8 +39,14 @@ AS_IS: frozenset[type[models.Field]] = frozenset({
 PREPARED: frozenset[type[models.Field]] = frozenset({models.JSONField})
 
 
+def _quote(name: str | None) -> str:
+    assert name is not None  # concrete fields have a column
+    return connection.ops.quote_name(name)
+
+
 @cache
-def _insert_sql(model: type[models.Model]) -> tuple[list[tuple[models.Field, bool]], str]:
+def _fields(model: type[models.Model]) -> list[tuple[models.Field, bool]]:
+    """The columns ``model`` writes (all but the primary key), each with whether its value goes as it is."""
     fields = [field for field in model._meta.local_concrete_fields if not field.primary_key]
     for field in fields:
         if type(field) not in AS_IS | PREPARED:
@@ -44,64 +54,113 @@ def _insert_sql(model: type[models.Model]) -> tuple[list[tuple[models.Field, boo
                 f"payments.db cannot write {model.__name__}.{field.name}, a {type(field).__name__}: add its class to"
                 " payments.db.AS_IS or PREPARED once you know how Django prepares its values"
             )
-    def quote(name: str | None) -> str:
-        assert name is not None  # concrete fields have a column
-        return connection.ops.quote_name(name)
-
-    columns = ", ".join(quote(field.column) for field in fields)
-    values = ", ".join(["%s"] * len(fields))
-    pk = quote(model._meta.pk.column)
-    sql = f"INSERT INTO {quote(model._meta.db_table)} ({columns}) VALUES ({values}) RETURNING {pk}"
-    return [(field, type(field) in AS_IS) for field in fields], sql
+    return [(field, type(field) in AS_IS) for field in fields]
 
 
-class Insert:
-    """Rows to INSERT together. ``add`` prepares a row's values at once, so a row added later may carry
-    what an earlier one became (an order's timestamps in the answer stored for its request)."""
+class Statement:
+    """Rows to INSERT and UPDATE together. ``insert`` and ``update`` prepare a row's values at once, so a row
+    added later may carry what an earlier one became (an order's timestamps in the answer stored for its
+    request)."""
 
     def __init__(self) -> None:
         self._rows: list[models.Model] = []
         self._statements: list[str] = []
         self._params: list[object] = []
+        # (row, foreign key field, the row it refers to): ids known only once the statement has run.
+        self._references: list[tuple[models.Model, models.Field, models.Model]] = []
 
-    def add(self, row: models.Model) -> models.Model:
+    def insert(self, row: models.Model) -> models.Model:
         if row.pk is not None:
             raise ValueError(f"{row!r} is already saved")
-        fields, sql = _insert_sql(type(row))
-        for field, as_is in fields:
+        model = type(row)
+        values = []
+        for field, as_is in _fields(model):
+            earlier = self._earlier_row(row, field)
+            if earlier is not None:
+                # The row it refers to is new in this statement: its id is what that row's CTE returns.
+                values.append(f"(SELECT * FROM r{self._rows.index(earlier)})")
+                self._references.append((row, field, earlier))
+                continue
             value = field.pre_save(row, True)  # fills auto_now fields, as save() does
             self._params.append(value if as_is else field.get_db_prep_save(value, connection))
-        self._statements.append(sql)
-        self._rows.append(row)
+            values.append("%s")
+        columns = ", ".join(_quote(field.column) for field, _ in _fields(model))
+        self._add(row, f"INSERT INTO {_quote(model._meta.db_table)} ({columns}) VALUES ({', '.join(values)})"
+                       f" RETURNING {_quote(model._meta.pk.column)}")
         return row
 
-    def run(self, *, enqueue: str | None = None) -> None:
-        """Write every row, or none. With ``enqueue``, the outbox enqueues that work for the first row, once the
-        statement has committed."""
+    def update(self, row: models.Model, fields: Collection[str] | None = None) -> models.Model:
+        """Write the columns of a saved row, as ``save(update_fields=fields)`` does: every one by default, and
+        ``auto_now`` fields (which take the time) always."""
+        if row.pk is None:
+            raise ValueError(f"{row!r} is not saved")
+        model = type(row)
+        assignments = []
+        for field, as_is in _fields(model):
+            if fields is not None and field.name not in fields and not getattr(field, "auto_now", False):
+                continue
+            value = field.pre_save(row, False)
+            self._params.append(value if as_is else field.get_db_prep_save(value, connection))
+            assignments.append(f"{_quote(field.column)} = %s")
+        self._params.append(row.pk)
+        pk = _quote(model._meta.pk.column)
+        self._add(row, f"UPDATE {_quote(model._meta.db_table)} SET {', '.join(assignments)} WHERE {pk} = %s"
+                       f" RETURNING {pk}")
+        return row
+
+    def _add(self, row: models.Model, sql: str) -> None:
+        self._statements.append(sql)
+        self._rows.append(row)
+
+    def _earlier_row(self, row: models.Model, field: models.Field) -> models.Model | None:
+        if not isinstance(field, models.ForeignKey) or not field.is_cached(row):
+            return None
+        related = field.get_cached_value(row)
+        if related is None or related.pk is not None:
+            return None
+        if not any(related is earlier for earlier in self._rows):
+            raise ValueError(f"{row!r}.{field.name} refers to a row that is neither saved nor in this statement")
+        return related
+
+    def run(self, *, enqueue: str | None = None, enqueue_for: models.Model | None = None,
+            savepoint: bool = True) -> None:
+        """Write every row, or none. With ``enqueue``, the outbox enqueues that work for ``enqueue_for`` (by
+        default the first row), once the statement has committed. Inside a caller's transaction, a savepoint
+        (``savepoint``) keeps a violation from aborting it: for a caller that handles the violation (the create's
+        duplicates), not for one that rolls back anyway."""
         ctes = ", ".join(f"r{i} AS ({sql})" for i, sql in enumerate(self._statements))
         ids = ", ".join(f"(SELECT * FROM r{i})" for i in range(len(self._rows)))
         params = list(self._params)
         if enqueue:
-            expression, notify_params = outbox.notify_sql(enqueue, "SELECT * FROM r0")
+            index = 0 if enqueue_for is None else next(i for i, row in enumerate(self._rows) if row is enqueue_for)
+            expression, notify_params = outbox.notify_sql(enqueue, f"SELECT * FROM r{index}")
             ids += ", " + expression
             params += notify_params
-        # Inside a caller's transaction, a savepoint keeps a violation from aborting it; outside one (a
-        # request, in autocommit) the statement is its own transaction and needs no BEGIN or COMMIT.
-        with transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext():
-            with connection.cursor() as django_cursor, connection.wrap_database_errors:
-                # Django's cursors bind parameters on the client, quoting each value in Python, and never
-                # prepare. This statement runs for every order: bound on the server and prepared once per
-                # connection, it costs both processes less. (Prepared statements, like the advisory locks
-                # in payments.idempotency, need a session-pooled or direct connection.)
-                with psycopg.Cursor(django_cursor.cursor.connection) as cursor:
-                    cursor.execute(f"WITH {ctes} SELECT {ids}", params, prepare=True)
-                    row_ids = cursor.fetchone()
+        # Outside a transaction (a request, in autocommit) the statement is its own and needs no BEGIN or COMMIT.
+        atomic = savepoint and connection.in_atomic_block
+        with transaction.atomic() if atomic else contextlib.nullcontext():
+            row_ids = fetch_one(f"WITH {ctes} SELECT {ids}", params)
         assert row_ids is not None  # the statement returns one row, or raises
         # The ids come first, in the order the rows were added; pg_notify's (empty) result may follow.
         for row, row_id in zip(self._rows, row_ids[: len(self._rows)], strict=True):
             row.pk = row_id
             row._state.adding = False
             row._state.db = connection.alias
+        for row, field, earlier in self._references:
+            setattr(row, field.attname, earlier.pk)
+
+
+def fetch_one(sql: str, params: Sequence[object]) -> tuple | None:
+    """The first row of a statement that runs for every order, prepared on the server.
+
+    Django's cursors bind parameters on the client, quoting each value in Python, and never prepare. Bound on the
+    server and prepared once per connection, a statement costs both processes less. (Prepared statements, like
+    the advisory locks in payments.idempotency, need a session-pooled or direct connection.) Values come back as
+    psycopg reads them under Django's adapters: ``jsonb`` as text."""
+    with connection.cursor() as django_cursor, connection.wrap_database_errors:
+        with psycopg.Cursor(django_cursor.cursor.connection) as cursor:
+            cursor.execute(sql, params, prepare=True)
+            return cursor.fetchone()
 
 
 def violated_constraint(exc: IntegrityError) -> str | None:

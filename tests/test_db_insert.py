@@ -45,9 +45,9 @@ def test_an_order_written_by_db_is_the_row_save_writes() -> None:
                             to_state="created", source="api", trace_id="cd" * 16, detail={"k": ["v", 1]})
     record = IdempotencyRecord(merchant=merchant, key="fence-key", fingerprint="f" * 64, response_status=201,
                                response_body={"id": inserted.public_id, "amount": 1050}, expires_at=expires_at)
-    rows = db.Insert()
+    rows = db.Statement()
     for obj in (inserted, log_row, record):
-        rows.add(obj)
+        rows.insert(obj)
     rows.run()
 
     by_db, by_orm = row(Order, inserted.pk), row(Order, saved.pk)
@@ -76,7 +76,7 @@ def test_an_order_written_by_db_is_the_row_save_writes() -> None:
 def test_a_field_class_db_does_not_know_is_refused_loudly() -> None:
     # ChannelNotification has a TextField, which payments.db was never checked against.
     with pytest.raises(TypeError, match=r"ChannelNotification\.body, a TextField"):
-        db.Insert().add(ChannelNotification(channel="sandbox", body="x"))
+        db.Statement().insert(ChannelNotification(channel="sandbox", body="x"))
 
 
 def test_a_subclass_of_a_known_field_is_not_taken_for_it() -> None:
@@ -96,4 +96,49 @@ def test_a_subclass_of_a_known_field_is_not_taken_for_it() -> None:
             managed = False
 
     with pytest.raises(TypeError, match=r"Shouting\.word, a Lowercase"):
-        db.Insert().add(Shouting(word="HELLO"))
+        db.Statement().insert(Shouting(word="HELLO"))
+
+
+@pytest.mark.django_db
+def test_an_update_by_db_is_the_row_save_writes() -> None:
+    merchant = make_actor("Fence merchant 2").merchant
+    by_db, by_orm = an_order(merchant, "UPD-DB"), an_order(merchant, "UPD-ORM")
+    for order in (by_db, by_orm):
+        order.save()
+        order.attention, order.charge_attempts, order.metadata = "ops look", 3, {"after": "☕"}
+    rows = db.Statement()
+    rows.update(by_db)
+    rows.run()
+    by_orm.save()
+    a, b = row(Order, by_db.pk), row(Order, by_orm.pk)
+    assert a["attention"] == "ops look" and a["metadata"] == {"after": "☕"}
+    for column in sorted(set(a) - DIFFERENT_BY_NATURE - {"expires_at"}):
+        assert a[column] == b[column], column
+
+    # With fields, only those (and auto_now ones) are written.
+    by_db.attention, by_db.charge_attempts = "", 9
+    rows = db.Statement()
+    rows.update(by_db, fields=["charge_attempts"])
+    rows.run()
+    again = row(Order, by_db.pk)
+    assert (again["charge_attempts"], again["attention"]) == (9, "ops look")
+    assert again["updated_at"] > a["updated_at"]
+
+
+@pytest.mark.django_db
+def test_a_row_refers_to_one_new_in_the_same_statement() -> None:
+    from payments.models import Event, WebhookDelivery
+
+    merchant = make_actor("Fence merchant 3").merchant
+    event = Event(merchant=merchant, type="order.pending", data={"k": 1})
+    delivery = WebhookDelivery(event=event, url="https://merchant.example/hook", next_attempt_at=timezone.now())
+    rows = db.Statement()
+    rows.insert(event)
+    rows.insert(delivery)
+    rows.run()
+    assert delivery.event_id == event.pk
+    assert WebhookDelivery.objects.get(pk=delivery.pk).event_id == event.pk
+
+    orphan = WebhookDelivery(event=Event(merchant=merchant, type="order.pending", data={}), url="https://x.example/")
+    with pytest.raises(ValueError, match="neither saved nor in this statement"):
+        db.Statement().insert(orphan)

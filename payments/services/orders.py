@@ -75,11 +75,11 @@ def order_create(
         expires_at=timezone.now() + dt.timedelta(seconds=expires_in),
         trace_id=current_trace_id(),
     )
-    rows = db.Insert()
-    rows.add(order)
-    rows.add(creation_log_row(order, Source.API))
+    rows = db.Statement()
+    rows.insert(order)
+    rows.insert(creation_log_row(order, Source.API))
     if idempotency_key is not None:
-        rows.add(idempotency_key.record_for(order))
+        rows.insert(idempotency_key.record_for(order))
     try:
         rows.run(enqueue=outbox.CHARGE_ORDER)
     except IntegrityError as exc:

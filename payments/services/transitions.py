@@ -16,11 +16,11 @@ from typing import Any
 
 from django.db import transaction
 
-from payments import metrics
+from payments import db, metrics, outbox
 from payments.models import Event, Merchant, Order, OrderStatus, Refund, RefundState, TransitionLog
 from payments.observability import bind, current_trace_id
 from payments.representations import order_json, refund_json
-from payments.services.webhooks import deliveries_for_new_event
+from payments.services.webhooks import new_delivery
 
 log = logging.getLogger(__name__)
 
@@ -46,19 +46,30 @@ def acting_as(by: str) -> Iterator[None]:
 
 
 def fire(obj: Order | Refund, name: str, *, source: str, detail: dict | None = None, **kwargs: Any) -> None:
-    """Fire transition ``name`` on a row the caller holds locked, with all that a state change causes."""
+    """Fire transition ``name`` on a row the caller holds locked, with all that a state change causes: the row,
+    its log row, its event and the event's webhook delivery (enqueued) are one statement (``payments.db``)."""
     before = obj.status
     getattr(obj, name)(**kwargs)
-    obj.save()
-    write_log_row(obj, transition=name, from_state=before, source=source, detail=detail)
+    rows = db.Statement()
+    rows.update(obj)  # every column, as save() would: the caller may have changed others before the transition
+    rows.insert(log_row(obj, transition=name, from_state=before, source=source, detail=detail))
+    delivery = None
+    if obj.status != before:
+        # A transition that keeps the state (a late payment's refund on a closed order) is logged, but it
+        # is no news for the merchant and enters no state.
+        event = new_event(obj)
+        if event is not None:
+            rows.insert(event)
+            delivery = new_delivery(event, obj if isinstance(obj, Order) else obj.order)
+            if delivery is not None:
+                rows.insert(delivery)
+    # No savepoint: a failure here aborts the caller's transaction, which then rolls back as a whole.
+    rows.run(enqueue=outbox.DELIVER_WEBHOOK if delivery else None, enqueue_for=delivery, savepoint=False)
     log.info(
         "%s %s: %s -> %s", kind_of(obj), obj.public_id, before, obj.status,
         extra={f"{kind_of(obj)}_id": obj.public_id, "transition": name, "source": source, "key_path": True},
     )
     if obj.status != before:
-        # A transition that keeps the state (a late payment's refund on a closed order) is logged, but it
-        # is no news for the merchant and enters no state.
-        record_event(obj)
         count_on_commit(obj)
 
 
@@ -66,16 +77,10 @@ def kind_of(obj: Order | Refund) -> str:
     return "order" if isinstance(obj, Order) else "refund"
 
 
-def write_log_row(
-    obj: Order | Refund, *, transition: str, from_state: str, source: str, detail: dict | None = None
-) -> None:
-    log_row(obj, transition=transition, from_state=from_state, source=source, detail=detail).save()
-
-
 def log_row(
     obj: Order | Refund, *, transition: str, from_state: str, source: str, detail: dict | None = None
 ) -> TransitionLog:
-    """The transition log row of a change of ``obj`` (not saved: the order create writes it in its statement)."""
+    """The transition log row of a change of ``obj`` (not saved: it is written in the statement of the change)."""
     if by := _ACTOR.get():
         detail = {"by": by, **(detail or {})}
     return TransitionLog(
@@ -101,22 +106,13 @@ def log_created(obj: Order | Refund, source: str) -> None:
              extra={"transition": "create", "source": source, "key_path": True})
 
 
-def record_event(obj: Order | Refund) -> Event | None:
-    """The event merchants hear about for the state ``obj`` entered, if it is one they hear about, with its
-    webhook delivery."""
+def new_event(obj: Order | Refund) -> Event | None:
+    """The event (not saved) merchants hear about for the state ``obj`` entered, if it is one they hear about."""
     if isinstance(obj, Order) and obj.status in ORDER_EVENTS:
-        event = Event.objects.create(
-            merchant_id=obj.merchant_id, type=f"order.{obj.status}", order=obj, data=order_json(obj)
-        )
-        deliveries_for_new_event(event, obj)
-        return event
+        return Event(merchant_id=obj.merchant_id, type=f"order.{obj.status}", order=obj, data=order_json(obj))
     if isinstance(obj, Refund) and obj.status in REFUND_EVENTS:
-        event = Event.objects.create(
-            merchant_id=obj.order.merchant_id, type=f"refund.{obj.status}", order=obj.order, refund=obj,
-            data=refund_json(obj),
-        )
-        deliveries_for_new_event(event, obj.order)
-        return event
+        return Event(merchant_id=obj.order.merchant_id, type=f"refund.{obj.status}", order=obj.order, refund=obj,
+                     data=refund_json(obj))
     return None
 
 

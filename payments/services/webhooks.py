@@ -16,13 +16,14 @@ import json
 import logging
 import random
 import secrets
+from functools import cache
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from payments import metrics, outbox, webhook_http
+from payments import db, metrics, outbox, webhook_http
 from payments.models import Event, Merchant, Order, WebhookAttempt, WebhookDelivery
 from payments.observability import bind
 from payments.representations import event_json
@@ -44,14 +45,16 @@ def delivery_create(*, event: Event, url: str) -> WebhookDelivery:
     return delivery
 
 
-def deliveries_for_new_event(event: Event, order: Order | None) -> None:
-    """Called in the transaction that records ``event``: its delivery, if the merchant has an endpoint."""
+def new_delivery(event: Event, order: Order | None) -> WebhookDelivery | None:
+    """The delivery (not saved, due now) of a new ``event``, if the merchant has an endpoint. The caller writes it
+    with the event, in the transaction of the state change, and enqueues it (``payments.services.transitions``)."""
     if order is not None and order.notify_url:
         url = order.notify_url  # the merchant's default is not read when the order names its own
     else:
         url = endpoint_of(order, Merchant.objects.only("default_notify_url").get(pk=event.merchant_id))
-    if url:
-        delivery_create(event=event, url=url)
+    if not url:
+        return None
+    return WebhookDelivery(event=event, url=url, next_attempt_at=timezone.now())
 
 
 def event_redeliver(*, event: Event) -> WebhookDelivery:
@@ -102,17 +105,42 @@ def retry_delay(attempts: int) -> dt.timedelta | None:
     return dt.timedelta(seconds=schedule[attempts - 1] * random.uniform(1.0, 1.1))
 
 
+@cache
+def _claim_sql() -> str:
+    delivery, event, merchant = (model._meta.db_table for model in (WebhookDelivery, Event, Merchant))
+    return (
+        f"WITH claimed AS (UPDATE {delivery} SET attempts = attempts + 1, next_attempt_at = %s, updated_at = %s"
+        f" WHERE id = (SELECT id FROM {delivery} WHERE id = %s AND state = %s AND next_attempt_at <= %s"
+        f" FOR UPDATE SKIP LOCKED) RETURNING id, event_id, url, attempts)"
+        f" SELECT claimed.id, claimed.url, claimed.attempts, e.id, e.public_id, e.type, e.data, e.created_at,"
+        f" e.merchant_id, m.public_id, m.webhook_secret, m.previous_webhook_secret, m.previous_webhook_secret_until"
+        f" FROM claimed JOIN {event} e ON e.id = claimed.event_id JOIN {merchant} m ON m.id = e.merchant_id"
+    )
+
+
+def _claim(delivery_id: int, now: dt.datetime) -> WebhookDelivery | None:
+    """Take the delivery's due attempt: push ``next_attempt_at`` out by the lease and count the attempt, and read
+    what the POST needs (the event, the merchant's secrets). One statement, committed on its own; None if the
+    delivery is not due, done, or another worker has it right now."""
+    row = db.fetch_one(_claim_sql(), [now + _lease(), now, delivery_id, State.PENDING, now])
+    if row is None:
+        return None
+    (pk, url, attempts, event_id, event_public_id, event_type, data, event_created_at, merchant_id,
+     merchant_public_id, secret, previous_secret, previous_until) = row
+    merchant = Merchant(id=merchant_id, public_id=merchant_public_id, webhook_secret=secret,
+                        previous_webhook_secret=previous_secret, previous_webhook_secret_until=previous_until)
+    event = Event(id=event_id, public_id=event_public_id, type=event_type, data=json.loads(data),
+                  created_at=event_created_at, merchant=merchant)
+    return WebhookDelivery(id=pk, event=event, url=url, state=State.PENDING, attempts=attempts,
+                           next_attempt_at=now + _lease())
+
+
 def webhook_deliver(*, delivery_id: int) -> WebhookAttempt | None:
     """Make the attempt that is due, if one is (the delivery task's body). Returns the attempt made, if any."""
     now = timezone.now()
-    with transaction.atomic():
-        delivery = (WebhookDelivery.objects.select_for_update(skip_locked=True).select_related("event__merchant")
-                    .filter(pk=delivery_id, state=State.PENDING, next_attempt_at__lte=now).first())
-        if delivery is None:
-            return None  # not due, done, or another worker has it right now
-        delivery.attempts += 1
-        delivery.next_attempt_at = now + _lease()
-        delivery.save(update_fields=["attempts", "next_attempt_at", "updated_at"])
+    delivery = _claim(delivery_id, now)
+    if delivery is None:
+        return None
     event, merchant = delivery.event, delivery.event.merchant
     bind(merchant_id=merchant.public_id)
     body = json.dumps(event_json(event), separators=(",", ":")).encode()
@@ -123,10 +151,10 @@ def webhook_deliver(*, delivery_id: int) -> WebhookAttempt | None:
 
 
 def _record(delivery: WebhookDelivery, *, number: int, at: dt.datetime, answer: webhook_http.Answer) -> WebhookAttempt:
-    """Record attempt ``number`` of the delivery this worker claimed (its lease keeps others off it): the row is
-    updated by id, without reading it again, and locked by that UPDATE for the rest of the transaction."""
+    """Record attempt ``number`` of the delivery this worker claimed (its lease keeps others off it): the delivery's
+    changed columns and the attempt's row, in one statement, without reading the delivery again."""
     now = timezone.now()
-    changes: dict[str, Any] = {"last_status": answer.status, "last_error": answer.error, "updated_at": now}
+    changes: dict[str, Any] = {"last_status": answer.status, "last_error": answer.error}
     if answer.delivered:
         changes.update(state=State.DELIVERED, delivered_at=now, next_attempt_at=None)
         outcome = "delivered"
@@ -136,13 +164,14 @@ def _record(delivery: WebhookDelivery, *, number: int, at: dt.datetime, answer: 
     else:
         changes.update(state=State.FAILED, next_attempt_at=None)
         outcome = "failed"
-    with transaction.atomic():
-        WebhookDelivery.objects.filter(pk=delivery.pk).update(**changes)
-        attempt = WebhookAttempt.objects.create(delivery_id=delivery.pk, number=number, at=at,
-                                                http_status=answer.status, latency_ms=answer.latency_ms,
-                                                error=answer.error)
     for name, value in changes.items():
         setattr(delivery, name, value)
+    attempt = WebhookAttempt(delivery=delivery, number=number, at=at, http_status=answer.status,
+                             latency_ms=answer.latency_ms, error=answer.error)
+    rows = db.Statement()
+    rows.update(delivery, fields=changes)
+    rows.insert(attempt)
+    rows.run()
     metrics.WEBHOOK_DELIVERIES.labels(outcome=outcome).inc()
     metrics.WEBHOOK_ATTEMPT_SECONDS.observe(answer.latency_ms / 1000)
     extra = {"event_id": delivery.event.public_id, "attempt": number, "outcome": outcome}
