@@ -19,12 +19,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Collection, Sequence
 from functools import cache
+from typing import TypeVar
 
 import psycopg
 from django.db import IntegrityError, connection, models, transaction
 from django_fsm import FSMField
 
 from payments import outbox
+
+M = TypeVar("M", bound=models.Model)
 
 # The field classes this module knows how to write, exactly (a subclass may prepare values differently, so it
 # is not taken for its parent). AS_IS: psycopg adapts the Python value as Django would, since their
@@ -34,7 +37,7 @@ from payments import outbox
 AS_IS: frozenset[type[models.Field]] = frozenset({
     models.CharField, models.URLField, FSMField, models.IntegerField, models.BigIntegerField,
     models.PositiveIntegerField, models.PositiveSmallIntegerField, models.BooleanField, models.DateTimeField,
-    models.ForeignKey,
+    models.ForeignKey, models.TextField,
 })
 PREPARED: frozenset[type[models.Field]] = frozenset({models.JSONField})
 
@@ -69,7 +72,7 @@ class Statement:
         # (row, foreign key field, the row it refers to): ids known only once the statement has run.
         self._references: list[tuple[models.Model, models.Field, models.Model]] = []
 
-    def insert(self, row: models.Model) -> models.Model:
+    def insert(self, row: models.Model) -> Statement:
         if row.pk is not None:
             raise ValueError(f"{row!r} is already saved")
         model = type(row)
@@ -87,17 +90,17 @@ class Statement:
         columns = ", ".join(_quote(field.column) for field, _ in _fields(model))
         self._add(row, f"INSERT INTO {_quote(model._meta.db_table)} ({columns}) VALUES ({', '.join(values)})"
                        f" RETURNING {_quote(model._meta.pk.column)}")
-        return row
+        return self
 
-    def update(self, row: models.Model, fields: Collection[str] | None = None) -> models.Model:
-        """Write the columns of a saved row, as ``save(update_fields=fields)`` does: every one by default, and
-        ``auto_now`` fields (which take the time) always."""
+    def update(self, row: models.Model, fields: Collection[str] | None = None) -> Statement:
+        """Write the columns of a saved row, as ``save(update_fields=fields)`` does: every one by default, or those
+        named (an ``auto_now`` field takes the time when it is written)."""
         if row.pk is None:
             raise ValueError(f"{row!r} is not saved")
         model = type(row)
         assignments = []
         for field, as_is in _fields(model):
-            if fields is not None and field.name not in fields and not getattr(field, "auto_now", False):
+            if fields is not None and field.name not in fields:
                 continue
             value = field.pre_save(row, False)
             self._params.append(value if as_is else field.get_db_prep_save(value, connection))
@@ -106,7 +109,7 @@ class Statement:
         pk = _quote(model._meta.pk.column)
         self._add(row, f"UPDATE {_quote(model._meta.db_table)} SET {', '.join(assignments)} WHERE {pk} = %s"
                        f" RETURNING {pk}")
-        return row
+        return self
 
     def _add(self, row: models.Model, sql: str) -> None:
         self._statements.append(sql)
@@ -148,6 +151,35 @@ class Statement:
             row._state.db = connection.alias
         for row, field, earlier in self._references:
             setattr(row, field.attname, earlier.pk)
+
+
+@cache
+def _select_sql(model: type[models.Model], columns: tuple[str, ...], lock: bool) -> str:
+    _fields(model)  # the fence: only models whose every field this module knows
+    selected = ", ".join(_quote(field.column) for field in model._meta.concrete_fields)
+    where = " AND ".join(f"{_quote(column)} = %s" for column in columns)
+    return f"SELECT {selected} FROM {_quote(model._meta.db_table)} WHERE {where}{' FOR UPDATE' if lock else ''}"
+
+
+def get(model: type[M], *, lock: bool = False, **where: object) -> M | None:
+    """The row whose columns have these values (a unique key: ``pk=``, or ``public_id=`` and maybe its owner), or
+    None; with ``lock``, locked for the caller's transaction. ``filter(...).first()`` (or ``select_for_update()``)
+    for the hot paths: a prepared statement, not compiled by the ORM on every call."""
+    fields = [model._meta.pk if name == "pk" else model._meta.get_field(name) for name in where]
+    columns = tuple(field.column for field in fields if isinstance(field, models.Field))
+    assert len(columns) == len(where), "columns only"
+    row = fetch_one(_select_sql(model, columns, lock), list(where.values()))
+    if row is None:
+        return None
+    concrete = model._meta.concrete_fields
+    values = [field.from_db_value(value, None, connection) if hasattr(field, "from_db_value") else value
+              for field, value in zip(concrete, row, strict=True)]
+    return model.from_db(connection.alias, [field.attname for field in concrete], values)
+
+
+def locked(model: type[M], **where: object) -> M | None:
+    """``get(model, lock=True, ...)``: the row, locked for the caller's transaction."""
+    return get(model, lock=True, **where)
 
 
 def fetch_one(sql: str, params: Sequence[object]) -> tuple | None:

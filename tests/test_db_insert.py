@@ -74,9 +74,17 @@ def test_an_order_written_by_db_is_the_row_save_writes() -> None:
 
 
 def test_a_field_class_db_does_not_know_is_refused_loudly() -> None:
-    # ChannelNotification has a TextField, which payments.db was never checked against.
-    with pytest.raises(TypeError, match=r"ChannelNotification\.body, a TextField"):
-        db.Statement().insert(ChannelNotification(channel="sandbox", body="x"))
+    from django.db import models
+
+    class Priced(models.Model):
+        price = models.DecimalField(max_digits=10, decimal_places=2)  # payments.db was never checked against it
+
+        class Meta:
+            app_label = "payments"
+            managed = False
+
+    with pytest.raises(TypeError, match=r"Priced\.price, a DecimalField"):
+        db.Statement().insert(Priced(price=1))
 
 
 def test_a_subclass_of_a_known_field_is_not_taken_for_it() -> None:
@@ -115,14 +123,13 @@ def test_an_update_by_db_is_the_row_save_writes() -> None:
     for column in sorted(set(a) - DIFFERENT_BY_NATURE - {"expires_at"}):
         assert a[column] == b[column], column
 
-    # With fields, only those (and auto_now ones) are written.
+    # With fields, only those are written, as save(update_fields=...) does; auto_now fields when named.
     by_db.attention, by_db.charge_attempts = "", 9
-    rows = db.Statement()
-    rows.update(by_db, fields=["charge_attempts"])
-    rows.run()
+    db.Statement().update(by_db, fields=["charge_attempts"]).run()
     again = row(Order, by_db.pk)
-    assert (again["charge_attempts"], again["attention"]) == (9, "ops look")
-    assert again["updated_at"] > a["updated_at"]
+    assert (again["charge_attempts"], again["attention"], again["updated_at"]) == (9, "ops look", a["updated_at"])
+    db.Statement().update(by_db, fields=["attention", "updated_at"]).run()
+    assert row(Order, by_db.pk)["updated_at"] > a["updated_at"]
 
 
 @pytest.mark.django_db
@@ -142,3 +149,22 @@ def test_a_row_refers_to_one_new_in_the_same_statement() -> None:
     orphan = WebhookDelivery(event=Event(merchant=merchant, type="order.pending", data={}), url="https://x.example/")
     with pytest.raises(ValueError, match="neither saved nor in this statement"):
         db.Statement().insert(orphan)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_locked_reads_the_row_the_orm_reads() -> None:
+    from django.db import transaction
+
+    merchant = make_actor("Fence merchant 4").merchant
+    order = an_order(merchant, "LOCKED-1")
+    order.save()
+    notification = ChannelNotification.objects.create(channel="sandbox", body="a=1\\x00", payload={"k": ["v"]},
+                                                      order=order, headers={"h": "1"})
+    with transaction.atomic():
+        for model, obj, where in ((Order, order, {"public_id": order.public_id}),
+                                  (ChannelNotification, notification, {"pk": notification.pk})):
+            by_db, by_orm = db.locked(model, **where), model.objects.get(pk=obj.pk)
+            assert by_db is not None and not by_db._state.adding
+            for field in model._meta.concrete_fields:
+                assert getattr(by_db, field.attname) == getattr(by_orm, field.attname), field.name
+        assert db.locked(Order, pk=10**12) is None

@@ -12,7 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from payments import selectors, services, webhook_http
+from payments import db, selectors, services, webhook_http
 from payments.api.auth import is_live, merchant_of
 from payments.api.errors import invalid, not_found
 from payments.api.fields import (
@@ -69,7 +69,8 @@ def _page(request: Request, fetch: Callable[..., tuple[list, bool]], **filters: 
 
 
 def _order_of(request: Request, order_id: str) -> Order:
-    order = Order.objects.filter(merchant=merchant_of(request), public_id=order_id).first()
+    # Every status poll comes here: one prepared statement (payments.db), not an ORM query compiled each time.
+    order = db.get(Order, merchant=merchant_of(request).pk, public_id=order_id)
     if order is None:
         raise not_found("order")
     return order

@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from channels.base import InvalidNotification, Notification, notification_from_dict, notification_to_dict
 from channels.registry import accounts
-from payments import metrics, outbox
+from payments import db, metrics, outbox
 from payments.models import ChannelNotification, Order, Refund
 from payments.observability import bind, current_trace_id, link_origin_trace
 from payments.services.orders import apply_trade, channel_of
@@ -62,23 +62,22 @@ def notification_receive(*, channel: str, headers: Mapping[str, str], body: byte
                     extra={"channel": channel, "key_path": True})
         metrics.NOTIFICATIONS.labels(channel=channel, result="rejected", reason=invalid.reason).inc()
         return row, False
-    order = Order.objects.filter(public_id=parsed.out_trade_no).only("id", "public_id", "trace_id").first()
+    order = db.get(Order, public_id=parsed.out_trade_no)
     if order is not None:
         # The notification has its own trace; tie it to the one that created the order.
         bind(order_id=order.public_id)
         link_origin_trace(order.trace_id)
+    row = ChannelNotification(
+        channel=channel,
+        channel_notification_id=parsed.notification_id,
+        headers=kept_headers,
+        body=text,
+        payload={**notification_to_dict(parsed), "account": account},
+        order=order,
+        trace_id=current_trace_id(),
+    )
     try:
-        with transaction.atomic():
-            row = ChannelNotification.objects.create(
-                channel=channel,
-                channel_notification_id=parsed.notification_id,
-                headers=kept_headers,
-                body=text,
-                payload={**notification_to_dict(parsed), "account": account},
-                order=order,
-                trace_id=current_trace_id(),
-            )
-            outbox.enqueue(outbox.APPLY_NOTIFICATION, row.pk)
+        db.Statement().insert(row).run(enqueue=outbox.APPLY_NOTIFICATION)  # the row and its enqueue, one statement
     except IntegrityError:
         row = ChannelNotification.objects.get(channel=channel, channel_notification_id=parsed.notification_id)
         metrics.NOTIFICATIONS.labels(channel=channel, result="accepted", reason="duplicate").inc()
@@ -92,12 +91,12 @@ def notification_receive(*, channel: str, headers: Mapping[str, str], body: byte
 def notification_apply(*, notification_id: int) -> None:
     """Apply a stored, verified notification (the callback task's body). A repeat is a no-op."""
     with transaction.atomic():
-        row = ChannelNotification.objects.select_for_update().get(pk=notification_id)
-        if row.state != ChannelNotification.State.RECEIVED:
+        row = db.locked(ChannelNotification, pk=notification_id)
+        if row is None or row.state != ChannelNotification.State.RECEIVED:
             return
         assert row.payload is not None  # a received row was verified and parsed
         notification = notification_from_dict(row.payload)
-        order = Order.objects.select_for_update().filter(public_id=notification.out_trade_no).first()
+        order = db.locked(Order, public_id=notification.out_trade_no)
         bind(channel=row.channel)
         if order is not None:
             bind_order(order)
@@ -127,7 +126,7 @@ def notification_apply(*, notification_id: int) -> None:
         row.state = ChannelNotification.State.REJECTED if reason else ChannelNotification.State.PROCESSED
         row.reason = reason
         row.processed_at = timezone.now()
-        row.save(update_fields=["state", "reason", "processed_at"])
+        db.Statement().update(row, fields=["state", "reason", "processed_at"]).run(savepoint=False)
     if reason:
         log.error("notification %s not applied: %s", row.pk, reason, extra={"channel": row.channel, "key_path": True})
         metrics.NOTIFICATIONS.labels(channel=row.channel, result="rejected", reason=reason).inc()

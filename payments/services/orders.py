@@ -109,7 +109,7 @@ def order_charge(*, order_id: int) -> None:
             # Never sent anywhere yet: it may go to the backup account while the primary's breaker is open.
             # Chosen once, and kept: a later attempt may find the trade only where this one sent it.
             order.channel_account = channel_for_new_charge(order.channel).account
-        order.save(update_fields=["charge_attempts", "channel_account", "updated_at"])
+        db.Statement().update(order, fields=["charge_attempts", "channel_account", "updated_at"]).run(savepoint=False)
     # Committed: from here on, a crash leaves a trace that an attempt may have reached the channel.
 
     channel = channel_of(order)
@@ -171,7 +171,7 @@ def apply_trade(order: Order, trade: TradeResult, source: str) -> None:
     if order.status == status:
         # A transition saves the whole row, the check's time with it; otherwise the time is saved alone. One
         # UPDATE where there were two.
-        order.save(update_fields=["last_channel_check_at"])
+        db.Statement().update(order, fields=["last_channel_check_at"]).run(savepoint=False)
 
 
 def _apply_trade(order: Order, trade: TradeResult, source: str) -> None:

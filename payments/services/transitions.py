@@ -134,7 +134,10 @@ def flag(obj: Order | Refund, reason: str) -> None:
 
 
 def locked_order(order_id: int) -> Order:
-    return Order.objects.select_for_update().get(pk=order_id)
+    order = db.locked(Order, pk=order_id)
+    if order is None:
+        raise Order.DoesNotExist(f"no order {order_id}")
+    return order
 
 
 @lru_cache(maxsize=10_000)

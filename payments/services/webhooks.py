@@ -169,7 +169,7 @@ def _record(delivery: WebhookDelivery, *, number: int, at: dt.datetime, answer: 
     attempt = WebhookAttempt(delivery=delivery, number=number, at=at, http_status=answer.status,
                              latency_ms=answer.latency_ms, error=answer.error)
     rows = db.Statement()
-    rows.update(delivery, fields=changes)
+    rows.update(delivery, fields=[*changes, "updated_at"])
     rows.insert(attempt)
     rows.run()
     metrics.WEBHOOK_DELIVERIES.labels(outcome=outcome).inc()
