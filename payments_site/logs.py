@@ -142,3 +142,15 @@ class SamplingFilter(logging.Filter):
         if trace_id:
             return (trace_id & ((1 << 56) - 1)) / _MAX_56 < rate
         return random.random() < rate
+
+
+class DropTaskSuccess(logging.Filter):
+    """Drops Celery's "Task … succeeded in …s" line (``celery.app.trace``), and only it: retries and failures
+    stay. A task's effects are recorded where they happen (a transition's key-path line, a webhook attempt's row,
+    a channel call's duration in ``payments_channel_call_duration_seconds``): the line said nothing new, once per
+    task, under load."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        return not (record.levelno == logging.INFO and message.startswith("Task ") and " succeeded in " in message)
+

@@ -293,6 +293,7 @@ LOGGING: dict[str, Any] = {
             "busy_lines_per_s": LOG_SAMPLE_BUSY_LINES_PER_S,
         },
         "context": {"()": "payments_site.logs.ContextFilter"},
+        "drop_task_success": {"()": "payments_site.logs.DropTaskSuccess"},
     },
     "formatters": {
         "json": {
@@ -322,6 +323,8 @@ LOGGING: dict[str, Any] = {
         # "Task … received": one line per task that its "succeeded" (or retry, or failure) line repeats, with the
         # duration. A line per task and worker, under load, that no one reads.
         "celery.worker.strategy": {"level": "WARNING"},
+        # "Task … succeeded in …": the same, after the task; its retries and failures stay (payments_site/logs.py).
+        "celery.app.trace": {"filters": ["drop_task_success"]},
     },
 }
 

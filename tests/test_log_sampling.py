@@ -128,3 +128,15 @@ def test_the_stdout_handler_samples_before_it_adds_context() -> None:
     assert kinds == ["SamplingFilter", "ContextFilter"]
     sampling = handler.filters[0]
     assert isinstance(sampling, SamplingFilter) and sampling.rate == settings.LOG_SAMPLE_RATE
+
+
+def test_celery_task_success_lines_are_dropped_and_retries_kept() -> None:
+    from payments_site.logs import DropTaskSuccess
+
+    def record(level: int, msg: str) -> logging.LogRecord:
+        return logging.LogRecord("celery.app.trace", level, __file__, 1, msg, None, None)
+
+    drop = DropTaskSuccess()
+    assert not drop.filter(record(logging.INFO, "Task %(name)s[%(id)s] succeeded in %(runtime)ss: %(return_value)s"))
+    assert drop.filter(record(logging.INFO, "Task %(name)s[%(id)s] retry: %(exc)s"))
+    assert drop.filter(record(logging.ERROR, "Task %(name)s[%(id)s] raised unexpected: %(exc)s"))

@@ -182,6 +182,7 @@ def _record(delivery: WebhookDelivery, *, number: int, at: dt.datetime, answer: 
         log.warning("webhook %s to %s attempt %d: %s; next at %s", delivery.event.public_id, delivery.url, number,
                     answer.error, delivery.next_attempt_at, extra=extra)
     else:
-        log.info("webhook %s delivered to %s (attempt %d)", delivery.event.public_id, delivery.url, number,
-                 extra=extra)
+        # DEBUG: the attempt's row says it, and the delivered count; one line per event would only repeat them.
+        log.debug("webhook %s delivered to %s (attempt %d)", delivery.event.public_id, delivery.url, number,
+                  extra=extra)
     return attempt
