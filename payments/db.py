@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Collection, Sequence
-from functools import cache
+from functools import cache, lru_cache
 from typing import TypeVar
 
 import psycopg
@@ -42,6 +42,7 @@ AS_IS: frozenset[type[models.Field]] = frozenset({
 PREPARED: frozenset[type[models.Field]] = frozenset({models.JSONField})
 
 
+@cache
 def _quote(name: str | None) -> str:
     assert name is not None  # concrete fields have a column
     return connection.ops.quote_name(name)
@@ -187,12 +188,21 @@ def fetch_one(sql: str, params: Sequence[object]) -> tuple | None:
 
     Django's cursors bind parameters on the client, quoting each value in Python, and never prepare. Bound on the
     server and prepared once per connection, a statement costs both processes less. (Prepared statements, like
-    the advisory locks in payments.idempotency, need a session-pooled or direct connection.) Values come back as
-    psycopg reads them under Django's adapters: ``jsonb`` as text."""
+    the advisory locks in payments.idempotency, need a session-pooled or direct connection.) The statement goes
+    as PostgreSQL reads it, ``$1``-numbered (a raw cursor): psycopg would otherwise parse the ``%s`` out of it on
+    every call, since it caches that only for short statements with few parameters, and a state change's is
+    neither. Values come back as psycopg reads them under Django's adapters: ``jsonb`` as text."""
     with connection.cursor() as django_cursor, connection.wrap_database_errors:
-        with psycopg.Cursor(django_cursor.cursor.connection) as cursor:
-            cursor.execute(sql, params, prepare=True)
+        with psycopg.RawCursor(django_cursor.cursor.connection) as cursor:
+            cursor.execute(_numbered(sql), params, prepare=True)
             return cursor.fetchone()
+
+
+@lru_cache(maxsize=1024)
+def _numbered(sql: str) -> bytes:
+    """``sql`` with its ``%s`` placeholders numbered ``$1``, ``$2``…: this module's statements have no other %."""
+    parts = sql.split("%s")
+    return "".join(part + (f"${i}" if i < len(parts) else "") for i, part in enumerate(parts, start=1)).encode()
 
 
 def violated_constraint(exc: IntegrityError) -> str | None:
