@@ -57,21 +57,26 @@ def setup_tracing() -> None:
     trace.set_tracer_provider(provider)
 
     # Django: one server span per request (and the merchant's ``traceparent`` is continued); Celery: the
-    # producer span injects the trace into the message, the consumer span continues it in the worker;
-    # httpx: the channel calls. These carry the trace id everywhere, so they are always on.
+    # producer span injects the trace into the message, the consumer span continues it in the worker. These
+    # carry the trace id everywhere, so they are always on.
     if processor is None:
-        # The ids without the attributes: OpenTelemetry's middleware costs a tenth of a status poll's CPU.
+        # The ids without the attributes: OpenTelemetry's Django middleware costs a tenth of a status poll's
+        # CPU, and its Celery instrumentation a seventh of the dispatcher's (payments_site/tracing.py).
         settings.MIDDLEWARE.insert(0, "payments_site.tracing.RequestSpanMiddleware")
+        from payments_site.tracing import carry_trace_through_tasks
+
+        carry_trace_through_tasks()
     else:
         DjangoInstrumentor().instrument()
         # Before OpenTelemetry's middleware (which the line above put first): Django has already decoded
         # PATH_INFO, and OpenTelemetry's URL builder crashes on a path character beyond latin-1 (a 500).
         settings.MIDDLEWARE.insert(0, "payments.api.middleware.WsgiPathInfoMiddleware")
-    CeleryInstrumentor().instrument()
-    HTTPXClientInstrumentor().instrument(request_hook=_drop_query_string)
-    if processor is not None:
-        # psycopg: a span per query, only when spans are exported. Unrecorded, a query span would tell
-        # nobody anything and still cost some 40 µs of Python per query (a tenth of a created order's time).
+        CeleryInstrumentor().instrument()
+        # httpx (the channel calls, the webhooks) and psycopg (a span per query): only when spans are exported.
+        # Neither carries a trace id anywhere we read it (channels and merchants ignore a traceparent), and
+        # unrecorded, their spans tell nobody anything: the httpx wrapper was a fourteenth of a webhook
+        # worker's CPU, and a query span costs some 40 µs of Python (a tenth of a created order's time).
+        HTTPXClientInstrumentor().instrument(request_hook=_drop_query_string)
         PsycopgInstrumentor().instrument()
 
 
