@@ -113,6 +113,8 @@ DATABASES = {"default": env.db("DATABASE_URL", default="postgres://postgres@127.
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# Django's PostgreSQL backend, checking only connections idle for a few seconds (payments_site/db_backend).
+DATABASES["default"]["ENGINE"] = "payments_site.db_backend"
 # Django turns psycopg's prepared statements off (prepare_threshold None) and its own cursors never use them.
 # Turned on, they apply only where we ask, with a server-binding cursor: the order-create statement
 # (payments.db), prepared once per connection, which halves what it costs PostgreSQL.
