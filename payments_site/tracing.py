@@ -9,6 +9,7 @@ the spans, with their attributes (installed by ``telemetry.setup_tracing``); whe
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from contextvars import Token
 from typing import Any
@@ -55,8 +56,9 @@ class TraceIdMiddleware:
         return response
 
 
-# Task id → (its span, the context token to detach): a threads pool runs several tasks at once.
-_task_spans: dict[str, tuple[trace.Span, Token[context.Context]]] = {}
+# (task id, thread) → (its span, the context token to detach): a threads pool runs several tasks at once, and a
+# re-delivered task may run in two threads at once.
+_task_spans: dict[tuple[str, int], tuple[trace.Span, Token[context.Context]]] = {}
 
 
 def carry_trace_through_tasks() -> None:
@@ -82,11 +84,11 @@ def _start_task_span(task_id: str | None = None, task: Any = None, **_: Any) -> 
                "tracestate": str(getattr(request, "tracestate", None) or "")}
     parent = _propagator.extract(carrier)
     span = trace.get_tracer(__name__).start_span(str(task.name), context=parent, kind=trace.SpanKind.CONSUMER)
-    _task_spans[task_id] = (span, context.attach(trace.set_span_in_context(span, parent)))
+    _task_spans[task_id, threading.get_ident()] = (span, context.attach(trace.set_span_in_context(span, parent)))
 
 
 def _end_task_span(task_id: str | None = None, **_: Any) -> None:
-    started = _task_spans.pop(task_id or "", None)
+    started = _task_spans.pop((task_id or "", threading.get_ident()), None)
     if started is not None:
         span, token = started
         context.detach(token)
