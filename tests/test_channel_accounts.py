@@ -51,3 +51,22 @@ def test_an_order_finds_its_own_account_and_an_unknown_one_is_an_error(with_back
     assert channel_for_account("sandbox", "sbx_m_backup").account == "sbx_m_backup"
     with pytest.raises(LookupError):
         channel_for_account("sandbox", "sbx_m_gone")
+
+
+@pytest.mark.django_db
+def test_a_later_attempt_never_changes_the_account(with_backup) -> None:
+    # An order charged once before accounts were recorded ('' is the primary): with the primary open, a new
+    # charge would go to the backup, but this order's trade may be at the primary, so its account stays.
+    from channels.base import CircuitOpen
+    from payments import services
+    from payments.models import Order
+    from tests.conftest import make_actor
+
+    order, _ = services.order_create(merchant=make_actor("Accounts merchant").merchant, merchant_order_no="ACC-1",
+                                     amount=100, currency="CNY", channel="sandbox")
+    Order.objects.filter(pk=order.pk).update(charge_attempts=1, channel_account="")
+    breaker(get_channel("sandbox", PRIMARY)).set_mode("force_open")
+    with pytest.raises(CircuitOpen):  # held at the primary, where its first attempt went
+        services.order_charge(order_id=order.pk)
+    order.refresh_from_db()
+    assert (order.charge_attempts, order.channel_account) == (2, "")

@@ -99,17 +99,18 @@ def order_create(
 
 def order_charge(*, order_id: int) -> None:
     """Place a ``created`` order with its channel (the charge task's body)."""
-    with transaction.atomic():
-        order = locked_order(order_id)
-        bind_order(order)
-        if order.status != OrderStatus.CREATED:
-            return
-        order.charge_attempts += 1
-        if order.charge_attempts == 1 and not order.channel_account:
-            # Never sent anywhere yet: it may go to the backup account while the primary's breaker is open.
-            # Chosen once, and kept: a later attempt may find the trade only where this one sent it.
-            order.channel_account = channel_for_new_charge(order.channel).account
-        db.Statement().update(order, fields=["charge_attempts", "channel_account", "updated_at"]).run(savepoint=False)
+    order = db.get(Order, pk=order_id)
+    if order is None or order.status != OrderStatus.CREATED:
+        return
+    bind_order(order)
+    # Never sent anywhere yet: it may go to the backup account while the primary's breaker is open (a question
+    # to Redis, asked before any row is locked). Kept by the statement below only for the first attempt: a later
+    # attempt may find the trade only where the first one sent it.
+    account = order.channel_account or channel_for_new_charge(order.channel).account
+    counted = db.fetch_one(_COUNT_ATTEMPT_SQL, [account, timezone.now(), order_id, OrderStatus.CREATED])
+    if counted is None:
+        return  # no longer created: paid, closed or failed meanwhile
+    order.charge_attempts, order.channel_account = counted
     # Committed: from here on, a crash leaves a trace that an attempt may have reached the channel.
 
     channel = channel_of(order)
@@ -145,6 +146,14 @@ def order_charge(*, order_id: int) -> None:
                 fire(order, "mark_failed", source=Source.WORKER, code=refusal.code, message=refusal.message)
         return
     _settle_after_charge(order_id, trade)
+
+
+# The attempt counted, and the account chosen on the first, in one statement on the row (atomic by itself).
+_COUNT_ATTEMPT_SQL = (
+    f"UPDATE {Order._meta.db_table} SET charge_attempts = charge_attempts + 1,"
+    " channel_account = CASE WHEN charge_attempts = 0 AND channel_account = '' THEN %s ELSE channel_account END,"
+    " updated_at = %s WHERE id = %s AND status = %s RETURNING charge_attempts, channel_account"
+)
 
 
 def _settle_after_charge(order_id: int, trade: TradeResult) -> None:
