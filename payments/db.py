@@ -200,7 +200,8 @@ def fetch_one(sql: str, params: Sequence[object]) -> tuple | None:
 
 @lru_cache(maxsize=1024)
 def _numbered(sql: str) -> bytes:
-    """``sql`` with its ``%s`` placeholders numbered ``$1``, ``$2``…: this module's statements have no other %."""
+    """``sql`` with its ``%s`` placeholders numbered ``$1``, ``$2``…. The statements run here (this module's,
+    and the few hot ones services pass to ``fetch_one``) hold no other ``%``."""
     parts = sql.split("%s")
     return "".join(part + (f"${i}" if i < len(parts) else "") for i, part in enumerate(parts, start=1)).encode()
 
