@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from rest_framework.test import APIClient
 
+from channels.breaker import SharedBreaker
+from channels.registry import breakers
 from payments import services
 from payments.models import Merchant
 
@@ -101,3 +105,13 @@ def paid_order():
         return services.order_apply_trade(order_id=order.pk, trade=trade, source="worker")
 
     return make
+
+
+@pytest.fixture
+def sandbox_breaker() -> Iterator[SharedBreaker]:
+    """The sandbox primary's shared breaker, reset before and after the test."""
+    (breaker,) = [b for b in breakers() if b.channel == "sandbox"]
+    breaker.reset()
+    yield breaker
+    breaker.reset()
+

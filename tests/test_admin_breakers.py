@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 
 from channels.breaker import SharedBreaker
-from channels.registry import breakers
 from payments.models import TransitionLog
 from tests.admin_support import staff_groups, staff_user
 
 URL = "/admin/breakers/"
-
-
-@pytest.fixture
-def sandbox_breaker() -> Iterator[SharedBreaker]:
-    (breaker,) = [b for b in breakers() if b.channel == "sandbox"]
-    breaker.reset()
-    yield breaker
-    breaker.reset()
 
 
 def logged_in(user: User) -> Client:

@@ -31,7 +31,6 @@ from channels.alipay import signing as alipay_signing
 from channels.base import ChannelError
 from channels.breaker import SharedBreaker
 from channels.management.commands.generate_dev_keys import write_rsa_pair
-from channels.registry import breakers
 from channels.sandbox import signing as sandbox_signing
 from channels.wechatpay import signing as wechatpay_signing
 from payments import services
@@ -381,14 +380,6 @@ def test_replayed_notifications_change_nothing(keyed_channels, merchant_a: Actor
 
 
 ORDER_ACTIONS = ["requery", "close", "retry_charge", "refund", "accept_late_payment", "refund_late_payment"]
-
-
-@pytest.fixture
-def sandbox_breaker() -> Iterator[SharedBreaker]:
-    (breaker,) = [b for b in breakers() if b.channel == "sandbox"]
-    breaker.reset()
-    yield breaker
-    breaker.reset()
 
 
 @pytest.mark.parametrize("group", ["support", "finance"])
