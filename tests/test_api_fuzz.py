@@ -111,7 +111,9 @@ def test_schemathesis_finds_nothing(live_server, sandbox, tmp_path) -> None:
         "run", str(tmp_path / "schema.json"), "--url", live_server.url,
         "-H", f"Authorization: Bearer {key}", "--checks", "all",
         "--phases", "examples,coverage,fuzzing,stateful", "--max-examples", "15", "--max-time", str(MAX_TIME_S),
-        "--workers", "2", "--seed", "12", "--generation-database", "none", "--no-color",
+        # One worker: schemathesis's threads parse source with ast at once, which CPython 3.11 can fail at
+        # ("SystemError: AST constructor recursion depth mismatch", python/cpython#106905), ending the run.
+        "--workers", "1", "--seed", "12", "--generation-database", "none", "--no-color",
         "--report", "har", "--report-har-path", str(har_path),
         # Only the merchant API and the ops endpoints: the callbacks speak the channels' protocols (their own tests
         # feed them garbage), and a merchant key on reconciliation is a documented 403 (tested elsewhere).
