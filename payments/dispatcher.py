@@ -8,6 +8,9 @@ pending, so the dispatcher publishes it again from them when it takes over and w
 back (``Dispatcher.catch_up``); behind that, the beat sweeps in ``payments.tasks`` do the same, as they do for
 a broker that restarts empty. Every kind of work has its sweep: ``sweep_created_orders`` for
 ``charge_order``, ``sweep_refunds`` for ``refund_order``, ``sweep_notifications`` for ``process_notification``.
+
+Webhook deliveries are not published here: they are notified on a channel of their own, which the webhooks
+workers listen to themselves (``payments.webhook_sender``).
 """
 
 from __future__ import annotations
@@ -16,9 +19,7 @@ import logging
 import signal
 import threading
 import time
-from typing import Any
 
-import psycopg
 from celery import current_app
 from django.db import DatabaseError, connection
 from django.utils import timezone
@@ -26,68 +27,30 @@ from opentelemetry import context as otel_context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from payments import metrics, outbox, selectors
+from payments.listener import ALWAYS as _ALWAYS
+from payments.listener import Listener, conninfo
 from payments.outbox import CHANNEL, DISPATCHER_LOCK_KEY, TASKS
+
+__all__ = ["Dispatcher", "conninfo", "run_dispatcher"]
 
 log = logging.getLogger(__name__)
 
 _propagator = TraceContextTextMapPropagator()
-# Which dispatcher is active is rare news that ops need: never sampled away (payments_site.logs).
-_ALWAYS = {"key_path": True}
 
 
-def conninfo() -> dict[str, Any]:
-    """Connection parameters of Django's default database, for a psycopg connection of our own."""
-    params = connection.get_connection_params()
-    for django_only in ("cursor_factory", "context", "prepare_threshold"):
-        params.pop(django_only, None)
-    # Keepalives both ways: a LISTENing connection only reads, so a peer that vanished is noticed by TCP or
-    # never. Ours reconnects; the server's ends the session of a dispatcher that vanished, and so frees its
-    # advisory lock for a standby (otherwise held until the server's own keepalive, two hours by default).
-    server = "-c tcp_keepalives_idle=30 -c tcp_keepalives_interval=10 -c tcp_keepalives_count=3"
-    return {
-        **params, "application_name": "payments-dispatcher",
-        "options": f"{params.get('options', '')} {server}".strip(),
-        "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3,
-    }
+class Dispatcher(Listener):
+    """LISTEN on ``CHANNEL`` and publish each notification's task to Celery; one active per database."""
 
-
-class Dispatcher:
-    """LISTEN on ``CHANNEL`` and publish each notification's task to Celery.
-
-    One dispatcher is active per database: it holds a session advisory lock, and the others stand by and
-    try the lock every ``standby_retry_s``. A standby does not LISTEN (PostgreSQL keeps the queue for every
-    listener, and one that never reads would hold it); the one that takes over catches up from the rows.
-    """
-
-    poll_s = 1.0  # how often the loops look at ``stop``
+    channel = CHANNEL
+    role = "dispatcher"
+    application_name = "payments-dispatcher"
+    lock_key = DISPATCHER_LOCK_KEY
     broker_retry_s = 5.0  # after a failed publish, how long the broker is taken for down
 
     def __init__(self, *, stop: threading.Event | None = None, standby_retry_s: float = 5.0) -> None:
-        self.stop = stop or threading.Event()
-        self.standby_retry_s = standby_retry_s
-        self.listening = threading.Event()  # set while this one is the active dispatcher
+        super().__init__(stop=stop, standby_retry_s=standby_retry_s)
         self._broker_down_until = 0.0
         self._missed = False  # a publish failed: catch up from the rows once the broker is back
-
-    def run(self) -> None:
-        backoff = 1.0
-        while not self.stop.is_set():
-            try:
-                with psycopg.connect(**conninfo(), autocommit=True) as conn:
-                    if self._wait_for_lock(conn):
-                        conn.execute(f"LISTEN {CHANNEL}")
-                        self.listening.set()
-                        log.info("dispatcher active: listening on %s", CHANNEL, extra=_ALWAYS)
-                        self.catch_up()
-                        backoff = 1.0
-                        self._listen(conn)
-            except psycopg.Error as exc:
-                log.warning("dispatcher: database connection lost (%s); reconnecting in %.0fs", exc, backoff)
-                self.stop.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
-            finally:
-                self.listening.clear()
-        log.info("dispatcher stopped", extra=_ALWAYS)
 
     def catch_up(self) -> int:
         """Publish the work whose notification may have been lost: sent while no dispatcher listened, or
@@ -103,7 +66,6 @@ class Dispatcher:
                 outbox.CHARGE_ORDER: selectors.orders_awaiting_charge(before=now),
                 outbox.SUBMIT_REFUND: selectors.refunds_unfinished(before=now),
                 outbox.APPLY_NOTIFICATION: selectors.notifications_unprocessed(before=now),
-                outbox.DELIVER_WEBHOOK: selectors.webhooks_due(now=now),
             }
         except DatabaseError as exc:
             log.warning("dispatcher could not catch up (%s); the sweeps will", exc, extra=_ALWAYS)
@@ -119,30 +81,10 @@ class Dispatcher:
         log.info("dispatcher caught up: %d tasks published from the rows", sent, extra=_ALWAYS)
         return sent
 
-    def _wait_for_lock(self, conn: psycopg.Connection) -> bool:
-        said = False
-        while not self.stop.is_set():
-            row = conn.execute("SELECT pg_try_advisory_lock(%s)", [DISPATCHER_LOCK_KEY]).fetchone()
-            if row and row[0]:
-                return True
-            if not said:
-                log.info("dispatcher on standby: another one is active; trying every %ss", self.standby_retry_s,
-                         extra=_ALWAYS)
-                said = True
-            self.stop.wait(self.standby_retry_s)
-        return False
-
-    def _listen(self, conn: psycopg.Connection) -> None:
-        # psycopg keeps what arrives between two notifies() calls, so leaving the generator to look at
-        # ``stop`` loses nothing.
-        while not self.stop.is_set():
-            for notify in conn.notifies(timeout=self.poll_s):
-                self.dispatch(notify.payload)
-                if self.stop.is_set():
-                    break
-            if self._missed and time.monotonic() >= self._broker_down_until:
-                self._missed = False  # a failed publish in catch_up() sets it again
-                self.catch_up()
+    def tick(self) -> None:
+        if self._missed and time.monotonic() >= self._broker_down_until:
+            self._missed = False  # a failed publish in catch_up() sets it again
+            self.catch_up()
 
     def dispatch(self, payload: str) -> bool:
         """Publish the task a payload names; True if the broker took it. Never raises."""

@@ -28,6 +28,9 @@ from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 CHANNEL = "payments_tasks"
+# Webhook deliveries have their own channel: the webhooks workers listen to it and send them themselves
+# (``payments.webhook_sender``), without a hop through the dispatcher and the broker.
+WEBHOOK_CHANNEL = "payments_webhooks"
 
 # The work that may be enqueued this way, each by the name in the payload; each takes the id of its row.
 CHARGE_ORDER = "charge_order"
@@ -41,6 +44,9 @@ TASKS = {
     APPLY_NOTIFICATION: "payments.tasks.process_notification",
     DELIVER_WEBHOOK: "payments.tasks.deliver_webhook",
 }
+
+# The channel each work is notified on; the others go to the dispatcher.
+_CHANNEL_OF = {DELIVER_WEBHOOK: WEBHOOK_CHANNEL}
 
 # pg_try_advisory_lock key of the active dispatcher: "payments" in ASCII, as a bigint.
 DISPATCHER_LOCK_KEY = int.from_bytes(b"payments", "big")
@@ -60,11 +66,16 @@ def notify_sql(work: str, id_sql: str) -> tuple[str, list[str]]:
     if trace.get_current_span().get_span_context().is_valid:
         _propagator.inject(carrier)
     prefix = f"{work} {carrier.get('traceparent', '-')} "
-    return f"pg_notify(%s, %s || ({id_sql})::text)", [CHANNEL, prefix]
+    return f"pg_notify(%s, %s || ({id_sql})::text)", [channel_of(work), prefix]
+
+
+def channel_of(work: str) -> str:
+    return _CHANNEL_OF.get(work, CHANNEL)
 
 
 def enqueue(work: str, object_id: int) -> None:
-    """Have the dispatcher send ``work(object_id)`` to Celery once the current transaction commits.
+    """Have the dispatcher send ``work(object_id)`` to Celery (a webhook delivery: the webhooks workers send it)
+    once the current transaction commits.
 
     Inside a transaction PostgreSQL holds the notification until COMMIT and drops it on ROLLBACK (a rolled
     back savepoint drops the ones sent under it), so the task never runs for a row that does not exist.

@@ -4,15 +4,58 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from celery import Celery, signals
+from celery import Celery, bootsteps, signals
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "payments_site.settings")
 
 app = Celery("payments")
 app.config_from_object("celeryconfig")
 app.autodiscover_tasks()
+
+
+class WebhookSenderStep(bootsteps.StartStopStep):
+    """A worker that consumes the ``webhooks`` queue also listens for new deliveries and sends them on its pool
+    (``payments.webhook_sender``): the first attempt of a webhook skips the dispatcher and the broker."""
+
+    requires = ("celery.worker.components:Pool",)  # started once the pool is, stopped before it
+
+    def __init__(self, worker: Any, **_: Any) -> None:
+        self.sender: Any = None
+        self.thread: threading.Thread | None = None
+        self.own_pool: ThreadPoolExecutor | None = None
+
+    def include_if(self, worker: Any) -> bool:
+        return "webhooks" in worker.app.amqp.queues.consume_from
+
+    def start(self, worker: Any) -> None:
+        from payments.webhook_sender import WebhookSender
+
+        # Celery's threads pool is a ThreadPoolExecutor (its ``executor``): sends share its threads with the
+        # tasks, and so its budget of database connections. Other pools (prefork, solo) get threads of their own.
+        pool = getattr(worker.pool, "executor", None)
+        if not isinstance(pool, ThreadPoolExecutor):
+            pool = self.own_pool = ThreadPoolExecutor(max_workers=worker.concurrency,
+                                                      thread_name_prefix="webhook-sender")
+        self.sender = WebhookSender(pool=pool, waiting=2 * worker.concurrency)
+        self.thread = threading.Thread(target=self.sender.run, name="webhook-sender", daemon=True)
+        self.thread.start()
+
+    def stop(self, worker: Any) -> None:
+        if self.sender is not None:
+            self.sender.stop.set()
+        if self.thread is not None:
+            self.thread.join(timeout=10)
+        if self.own_pool is not None:
+            self.own_pool.shutdown(wait=True)
+
+    terminate = stop
+
+
+app.steps["worker"].add(WebhookSenderStep)
 
 
 def started_as(command: str) -> bool:
