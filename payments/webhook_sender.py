@@ -1,4 +1,4 @@
-"""The webhooks worker's own sender: LISTEN for new deliveries and send each at once, on a bounded thread pool.
+"""The webhooks worker's own sender: LISTEN for new deliveries and send each at once, on the worker's threads.
 
 A delivery's first attempt (and a merchant's or ops' re-send) is notified on the outbox's webhook channel when
 the state change that made it commits. Every webhooks worker (a Celery worker that consumes the ``webhooks``
@@ -20,7 +20,7 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from django.db import DatabaseError, close_old_connections, connection
+from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections, connection
 from django.utils import timezone
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -47,6 +47,7 @@ class WebhookSender(Listener):
     channel = outbox.WEBHOOK_CHANNEL
     role = "webhook sender"
     application_name = "payments-webhooks"
+    database_retry_s = (0.5, 1.0, 2.0, 4.0, 8.0)  # the waits before each new try after a database error
 
     def __init__(self, *, pool: ThreadPoolExecutor, waiting: int, stop: threading.Event | None = None) -> None:
         super().__init__(stop=stop)
@@ -92,9 +93,21 @@ class WebhookSender(Listener):
         observability.clear()
         observability.bind(task="deliver_webhook")
         try:
-            close_old_connections()
-            with _tracer.start_as_current_span("deliver_webhook", kind=trace.SpanKind.CONSUMER):
-                services.webhook_deliver(delivery_id=delivery_id)
+            for delay in (*self.database_retry_s, None):
+                close_old_connections()
+                try:
+                    with _tracer.start_as_current_span("deliver_webhook", kind=trace.SpanKind.CONSUMER):
+                        services.webhook_deliver(delivery_id=delivery_id)
+                    return
+                except (OperationalError, InterfaceError) as exc:
+                    # The database went away (a restart, a failover): as the deliver_webhook task does, try again
+                    # on a new connection. A claim that failed claimed nothing, and one that was made keeps a
+                    # second try off the delivery until its lease ends.
+                    if delay is None or self.stop.is_set():
+                        raise
+                    log.warning("webhook sender: delivery %s: database error (%s); trying again in %ss",
+                                delivery_id, exc, delay)
+                    self.stop.wait(delay)
         except Exception:
             # The claim's lease makes the delivery due again once it runs out; the sweep then sends it.
             log.exception("webhook sender: delivery %s failed; the sweep will send it again", delivery_id)

@@ -99,6 +99,24 @@ def test_deliveries_made_while_nobody_listened_are_sent_when_a_sender_starts(rec
     assert sorted(r.headers["webhook-id"] for r in receiver.at("/late")) == sorted(e.public_id for e in events)
 
 
+def test_a_sender_whose_connection_broke_sends_on_a_new_one(receiver: Receiver) -> None:
+    actor = make_actor("Restart merchant")
+    with sending(threads=1) as sender:
+        sender.database_retry_s = (0.2,)
+        first = order_with_event(actor, receiver.url("/restart"), number="RESTART-1")
+        wait_until(lambda: delivered(first), timeout_s=10, what="the first delivery")
+        # PostgreSQL ends the pool thread's session, as a restart would (the LISTEN of the sender itself and this
+        # test's own stay): its next claim fails once on the dead connection.
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname ="
+                           " current_database() AND pid <> pg_backend_pid() AND application_name <> %s",
+                           [WebhookSender.application_name])
+            assert cursor.fetchone()[0] >= 1
+        second = order_with_event(actor, receiver.url("/restart"), number="RESTART-2")
+        wait_until(lambda: delivered(second), timeout_s=10, what="the delivery after the connection broke")
+    assert [r.headers["webhook-id"] for r in receiver.at("/restart")] == [first.public_id, second.public_id]
+
+
 def test_only_a_worker_that_consumes_the_webhooks_queue_runs_a_sender() -> None:
     class Worker:  # what the step reads of Celery's WorkController
         app = celery_app
