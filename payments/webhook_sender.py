@@ -47,7 +47,8 @@ class WebhookSender(Listener):
     channel = outbox.WEBHOOK_CHANNEL
     role = "webhook sender"
     application_name = "payments-webhooks"
-    database_retry_s = (0.5, 1.0, 2.0, 4.0, 8.0)  # the waits before each new try after a database error
+    # The waits before each new try of a delivery after a database error.
+    database_retry_s: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
 
     def __init__(self, *, pool: ThreadPoolExecutor, waiting: int, stop: threading.Event | None = None) -> None:
         super().__init__(stop=stop)
