@@ -5,6 +5,12 @@ import os
 
 _json = os.environ.get("LOG_FORMAT", "json") == "json"
 
+# An idle keep-alive connection is closed by the client, not by us: a server that closes first races a request the
+# client sends on it at that moment, which the client sees as a reset. A channel then retries its notification
+# minutes later (the sandbox simulator 15 s later: make bench-e2e caught that at the start of a run). Longer than
+# clients keep theirs (httpx 5 s) and than load balancers' idle timeouts (60 s is common); gthread holds an idle
+# connection in its poller, not in a thread.
+keepalive = 75
 accesslog = "-"
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
 logconfig_dict = {
