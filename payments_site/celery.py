@@ -6,9 +6,12 @@ import os
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery, bootsteps, signals
+
+if TYPE_CHECKING:
+    from payments.webhook_sender import WebhookSender
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "payments_site.settings")
 
@@ -24,7 +27,7 @@ class WebhookSenderStep(bootsteps.StartStopStep):
     requires = ("celery.worker.components:Pool",)  # started once the pool is, stopped before it
 
     def __init__(self, worker: Any, **_: Any) -> None:
-        self.sender: Any = None
+        self.sender: WebhookSender | None = None
         self.thread: threading.Thread | None = None
         self.own_pool: ThreadPoolExecutor | None = None
 
