@@ -288,8 +288,13 @@ def start_receiver(outcomes: Outcomes) -> tuple[ThreadingHTTPServer, int]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+        # A merchant's web server listens with a backlog of hundreds; socketserver's default of 5 made a burst of
+        # new webhook connections lose SYNs, each retried by the kernel a second later (1 s webhooks, and resets).
+        request_queue_size = 1024
+
+    server = Server(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, server.server_address[1]
 

@@ -363,6 +363,11 @@ class ChannelSimulator:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # The listen backlog. socketserver's default is 5: when more connections arrive at once than the accepting
+    # thread takes, the kernel drops their SYNs and each client tries again a second later (a create_trade that
+    # took 1 s, for nothing on our side). A channel's gateway takes thousands at once; the kernel caps this at
+    # net.core.somaxconn.
+    request_queue_size = 1024
     simulator: ChannelSimulator
 
 

@@ -23,8 +23,12 @@ log = logging.getLogger(__name__)
 
 OUT_OF_ORDER_HOLD_S = 2.0  # simulated seconds a held notification waits for a successor
 # Attempts in flight at once (to different trades): a real channel notifies many merchants concurrently, and one
-# slow receiver must not hold up every other trade's notification.
-SEND_CONCURRENCY = 16
+# slow receiver must not hold up every other trade's notification. An attempt holds its thread for as long as the
+# receiver takes to answer, queueing included, so the pool sends at most SEND_CONCURRENCY ÷ that time per second:
+# with 16 threads and a busy web answering in 0.3 s, 53 notifications/s. That cap, not our stack, then decided how
+# long a paid trade waited for its notification (1.6 s at the median in `make bench-e2e`, a status poll for most
+# payers). 128 is as many as the bench has payers, so the pool never is the limit there.
+SEND_CONCURRENCY = 128
 SEND_TIMEOUT = httpx.Timeout(5.0, connect=2.0)
 
 # render(tamper_amount, bad_signature) -> (body, headers); supplied by the channel for each notification.
