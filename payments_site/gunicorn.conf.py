@@ -1,4 +1,4 @@
-"""Gunicorn settings: its own log lines (start-up, workers, the access log) in the same format as the app's,
+"""Gunicorn settings: its own log lines (start-up, workers, errors) in the same format as the app's,
 JSON lines by default (LOG_FORMAT=console for `make run`). Used as `gunicorn -c payments_site/gunicorn.conf.py`."""
 
 import os
@@ -11,8 +11,9 @@ _json = os.environ.get("LOG_FORMAT", "json") == "json"
 # clients keep theirs (httpx 5 s) and than load balancers' idle timeouts (60 s is common); gthread holds an idle
 # connection in its poller, not in a thread.
 keepalive = 75
-accesslog = "-"
-access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
+# The app writes the access log (payments_site.logs.AccessLogMiddleware): with the request's trace id, merchant
+# and order, and sampled under load like every routine line.
+accesslog = None
 logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -37,6 +38,5 @@ logconfig_dict = {
     "root": {"level": "INFO", "handlers": []},
     "loggers": {
         "gunicorn.error": {"handlers": ["stdout"], "level": "INFO", "propagate": False},
-        "gunicorn.access": {"handlers": ["stdout"], "level": "INFO", "propagate": False},
     },
 }

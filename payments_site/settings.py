@@ -79,6 +79,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "payments_site.tracing.TraceIdMiddleware",  # after OpenTelemetry's, which the instrumentation puts first
+    "payments_site.logs.AccessLogMiddleware",  # inside the request's trace and log context
     "payments.api.middleware.ApiRequestGuardMiddleware",  # NULs and oversized bodies under /api/: 400/413
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -277,8 +278,8 @@ WECHATPAY_SIM_PLATFORM_PRIVATE_KEY_PATH = env.str("WECHATPAY_SIM_PLATFORM_PRIVAT
 LOG_FORMAT = env.str("LOG_FORMAT", default="json")
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 # Sampling of routine INFO/DEBUG lines (section 2.4 of the seed design, ../shared/seed/): a fixed rate, times the
-# rate of the load tier the process is in ("<load %>:<rate>", load = max(CPU of one core, log lines/s against
-# LOG_SAMPLE_BUSY_LINES_PER_S)).
+# rate of the load tier the process is in ("<load %>:<rate>", load = max(its CPU of one core, the machine's CPU,
+# log lines/s against LOG_SAMPLE_BUSY_LINES_PER_S)).
 # Key paths (extra={"key_path": True}) and WARNING+ are always kept. An empty LOG_SAMPLE_LOAD_TIERS turns the
 # load-based part off.
 LOG_SAMPLE_RATE = env.float("LOG_SAMPLE_RATE", default=1.0)
@@ -319,6 +320,10 @@ LOGGING: dict[str, Any] = {
         # Django's own default handler prints django.* lines a second time, unformatted, when DEBUG is on.
         "django": {"handlers": [], "level": "INFO", "propagate": True},
         "django.db.backends": {"level": "INFO"},
+        # Django's "Not Found: /path" and the like, outside the request's trace: the access log has each 4xx as a
+        # WARNING with the trace id (payments_site.logs.AccessLogMiddleware). A 5xx's ERROR, with its traceback,
+        # stays.
+        "django.request": {"level": "ERROR"},
         # httpx logs every request's full URL, query string (and an Alipay signature) included; the channel
         # wrapper logs each call without it.
         "httpx": {"level": "WARNING"},

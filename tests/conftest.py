@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import io
+import json
+import logging
 from collections.abc import Iterator
 
 import pytest
+from django.conf import settings
 from rest_framework.test import APIClient
 
 from channels.breaker import SharedBreaker
@@ -115,3 +119,35 @@ def sandbox_breaker() -> Iterator[SharedBreaker]:
     yield breaker
     breaker.reset()
 
+
+@pytest.fixture
+def web_log() -> Iterator[io.StringIO]:
+    """The JSON lines this (web) process writes while the test runs."""
+    from pythonjsonlogger.json import JsonFormatter
+
+    from payments_site.logs import ContextFilter
+
+    formatter_config = settings.LOGGING["formatters"]["json"]
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter(
+        formatter_config["format"], rename_fields=formatter_config["rename_fields"], timestamp=True,
+    ))
+    handler.addFilter(ContextFilter())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield stream
+    finally:
+        root.removeHandler(handler)
+
+
+def json_lines(text: str) -> list[dict]:
+    lines = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            try:
+                lines.append(json.loads(line))
+            except ValueError:
+                pass  # a line cut by a concurrent write of the banner; not ours to check
+    return lines

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from django.conf import settings
 from opentelemetry import trace
 
-from payments_site.logs import LoadMeter, SamplingFilter, parse_tiers
+from payments_site.logs import LoadMeter, SamplingFilter, host_cpu_times, parse_tiers
 
 RNG = random.Random(20261127)
 
@@ -76,6 +76,11 @@ def idle_cpu() -> float:
     return 0.0
 
 
+def no_host() -> None:
+    """A system without /proc/stat: the meter goes by the process alone (the test machine may be busy)."""
+    return None
+
+
 def warm_up(sampler: SamplingFilter) -> None:
     """Log for a few measuring windows, so that the meter has a load to report."""
     deadline = time.monotonic() + 5 * sampler.meter.window_s
@@ -87,9 +92,9 @@ def test_under_load_the_rate_drops_by_the_load_tier() -> None:
     # Load from log volume: 100 lines/s count as a fully busy process, and the test writes far more than
     # that. The tiers are the seed design's (its section 2.4): from 60 % load keep half, from 80 % a tenth.
     busy = SamplingFilter(rate=1.0, load_tiers="60:0.5,80:0.1")
-    busy.meter = LoadMeter(busy_lines_per_s=100, window_s=0.01, cpu_clock=idle_cpu)
+    busy.meter = LoadMeter(busy_lines_per_s=100, window_s=0.01, cpu_clock=idle_cpu, host_clock=no_host)
     calm = SamplingFilter(rate=1.0, load_tiers="60:0.5,80:0.1")
-    calm.meter = LoadMeter(busy_lines_per_s=10**9, window_s=0.01, cpu_clock=idle_cpu)
+    calm.meter = LoadMeter(busy_lines_per_s=10**9, window_s=0.01, cpu_clock=idle_cpu, host_clock=no_host)
     warm_up(calm)
     assert calm.meter.load < 60
     assert kept_share(calm) == 1.0
@@ -105,10 +110,43 @@ def test_under_load_the_rate_drops_by_the_load_tier() -> None:
 def test_a_busy_cpu_counts_as_load() -> None:
     # A process clock that runs as fast as the wall clock: one core fully used.
     sampler = SamplingFilter(rate=1.0, load_tiers="60:0.5,80:0.1")
-    sampler.meter = LoadMeter(busy_lines_per_s=10**9, window_s=0.01, cpu_clock=time.monotonic)
+    sampler.meter = LoadMeter(busy_lines_per_s=10**9, window_s=0.01, cpu_clock=time.monotonic, host_clock=no_host)
     warm_up(sampler)
     assert sampler.meter.load >= 80
     assert 0.07 <= kept_share(sampler) <= 0.13
+
+
+class Host:
+    """A machine's CPU counters that advance by ``busy`` of every 100 ticks each time they are read."""
+
+    def __init__(self, busy: int) -> None:
+        self.busy, self.reads = busy, 0
+
+    def __call__(self) -> tuple[int, int]:
+        self.reads += 1
+        return self.busy * self.reads, 100 * self.reads
+
+
+def test_a_busy_machine_counts_as_load_though_the_process_is_idle() -> None:
+    # Web, workers and PostgreSQL sharing two saturated cores: each Python process uses a fraction of one, but
+    # every line it writes is CPU the others need. The seed design's tiers are the machine's CPU use.
+    busy = SamplingFilter(rate=1.0, load_tiers="60:0.5,80:0.1")
+    busy.meter = LoadMeter(busy_lines_per_s=10**9, window_s=0.01, cpu_clock=idle_cpu, host_clock=Host(busy=95))
+    warm_up(busy)
+    assert busy.meter.load >= 80
+    assert 0.07 <= kept_share(busy) <= 0.13
+    calm = SamplingFilter(rate=1.0, load_tiers="60:0.5,80:0.1")
+    calm.meter = LoadMeter(busy_lines_per_s=10**9, window_s=0.01, cpu_clock=idle_cpu, host_clock=Host(busy=30))
+    warm_up(calm)
+    assert calm.meter.load < 60
+    assert kept_share(calm) == 1.0
+
+
+def test_host_cpu_times_reads_this_machine() -> None:
+    first = host_cpu_times()
+    assert first is not None  # Linux: the tests' machines have /proc/stat
+    busy, total = first
+    assert 0 <= busy <= total
 
 
 def test_middle_tier_and_tier_parsing() -> None:

@@ -8,55 +8,18 @@ the project's own formatter and context filter.
 from __future__ import annotations
 
 import io
-import json
-import logging
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from django.conf import settings
 
 from payments.models import Order
-from tests.conftest import make_actor
+from tests.conftest import json_lines, make_actor
 from tests.e2e.conftest import Simulator, broker_is_rabbitmq, wait_until
 from tests.e2e.orders import create_order, order_in, pay
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def web_log() -> Iterator[io.StringIO]:
-    """The JSON lines this (web) process writes while the test runs."""
-    from pythonjsonlogger.json import JsonFormatter
-
-    from payments_site.logs import ContextFilter
-
-    formatter_config = settings.LOGGING["formatters"]["json"]
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter(
-        formatter_config["format"], rename_fields=formatter_config["rename_fields"], timestamp=True,
-    ))
-    handler.addFilter(ContextFilter())
-    root = logging.getLogger()
-    root.addHandler(handler)
-    try:
-        yield stream
-    finally:
-        root.removeHandler(handler)
-
-
-def json_lines(text: str) -> list[dict]:
-    lines = []
-    for line in text.splitlines():
-        if line.startswith("{"):
-            try:
-                lines.append(json.loads(line))
-            except ValueError:
-                pass  # a line cut by a concurrent write of the banner; not ours to check
-    return lines
 
 
 def test_one_trace_follows_the_payment_through_web_worker_and_channel(
