@@ -167,9 +167,32 @@ def post(url: str, body: bytes, *, msg_id: str, secrets: Sequence[str], live: bo
     try:
         request = client.build_request("POST", target, content=body, headers=headers, extensions=extensions)
         response = client.send(request, stream=True)
-        response.close()  # the body is not read: only the status decides
     except httpx.TimeoutException:
         return answer(None, f"no answer within {settings.WEBHOOK_TIMEOUT_S:g} s")
     except httpx.HTTPError as exc:
         return answer(None, f"{type(exc).__name__}: {exc}")
-    return answer(response.status_code, "" if 200 <= response.status_code < 300 else f"HTTP {response.status_code}")
+    status = response.status_code  # only the status decides; the body is read only to keep the connection
+    _finish(response, started)
+    return answer(status, "" if 200 <= status < 300 else f"HTTP {status}")
+
+
+# How much of an answer's body is read, and for how long, so that its connection can carry the next send.
+KEEP_BODY_BYTES = 64 * 1024
+
+
+def _finish(response: httpx.Response, started: float) -> None:
+    """Read the answer's body (a small one) and close it. httpx keeps a connection for the next request only once
+    the response on it was read to its end: closed unread, the connection is dropped, and every send connected
+    again (a TCP and, for https, a TLS handshake per webhook). A body over ``KEEP_BODY_BYTES``, or one still
+    arriving when the send's timeout has passed, is left unread and its connection dropped: a receiver cannot
+    hold a thread by answering slowly or at length."""
+    read = 0
+    try:
+        for chunk in response.iter_raw():
+            read += len(chunk)
+            if read > KEEP_BODY_BYTES or time.monotonic() - started > settings.WEBHOOK_TIMEOUT_S:
+                break
+    except httpx.HTTPError:
+        pass  # the status arrived; a body cut short only costs the connection
+    finally:
+        response.close()

@@ -134,6 +134,26 @@ def test_an_attempt_is_recorded_and_a_second_run_of_the_task_does_nothing(receiv
     assert {r.headers["webhook-id"] for r in receiver.at("/h")} == {event.public_id}
 
 
+def test_sends_to_one_endpoint_share_a_connection_unless_it_answers_at_length(db, settings) -> None:
+    settings.WEBHOOK_ALLOWED_HOSTS = LOOPBACK
+    actor = make_actor("Keep-alive merchant")
+    with running_receiver(keep_alive=True) as receiver:
+        events = [order_with_event(actor, receiver.url("/h"), number=f"WH-K{n}") for n in range(3)]
+        for event in events:
+            attempt = services.webhook_deliver(delivery_id=WebhookDelivery.objects.get(event=event).pk)
+            assert attempt is not None and attempt.http_status == 200
+        # Read to its end, each answer leaves the connection for the next send: no new TCP (or TLS) handshake.
+        assert (len(receiver.at("/h")), receiver.connections) == (3, 1)
+        # An answer longer than what is read is not read on: delivered all the same, its connection dropped, so
+        # each next send connects again.
+        receiver.bodies["/big"] = b"x" * (webhook_http.KEEP_BODY_BYTES * 4)
+        for number, url in (("WH-B1", "/big"), ("WH-B2", "/big"), ("WH-K3", "/h")):
+            event = order_with_event(actor, receiver.url(url), number=number)
+            attempt = services.webhook_deliver(delivery_id=WebhookDelivery.objects.get(event=event).pk)
+            assert attempt is not None and attempt.http_status == 200
+        assert receiver.connections == 3
+
+
 def test_after_the_last_attempt_the_delivery_is_failed_and_stays_visible(receiver: Receiver, db) -> None:
     receiver.script["/down"] = [500, 500, 500]
     event = order_with_event(make_actor("Failing merchant"), receiver.url("/down"))

@@ -26,8 +26,10 @@ class Receiver:
         self.received: list[Received] = []
         self.script: dict[str, list[int]] = defaultdict(list)  # path → statuses to answer in turn; then 200
         self.hang_s: dict[str, float] = {}
+        self.bodies: dict[str, bytes] = {}  # path → the body to answer with; b"ok" otherwise
         self.lock = threading.Lock()
         self.server: ThreadingHTTPServer | None = None
+        self.connections = 0  # TCP connections accepted
 
     @property
     def base_url(self) -> str:
@@ -50,13 +52,22 @@ class Receiver:
             self.received.clear()
             self.script.clear()
             self.hang_s.clear()
+            self.bodies.clear()
 
 
 @contextlib.contextmanager
-def running_receiver() -> Iterator[Receiver]:
+def running_receiver(*, keep_alive: bool = False) -> Iterator[Receiver]:
+    """The receiver, running; with ``keep_alive``, it speaks HTTP/1.1 and keeps connections open, as most do."""
     receiver = Receiver()
 
     class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1" if keep_alive else "HTTP/1.0"
+
+        def setup(self) -> None:
+            with receiver.lock:
+                receiver.connections += 1
+            super().setup()
+
         def do_POST(self) -> None:  # noqa: N802 (http.server's name)
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             with receiver.lock:
@@ -65,10 +76,11 @@ def running_receiver() -> Iterator[Receiver]:
             if hang:
                 time.sleep(hang)
             status = receiver.answer(self.path)
+            reply = receiver.bodies.get(self.path, b"ok")
             self.send_response(status)
-            self.send_header("Content-Length", "2")
+            self.send_header("Content-Length", str(len(reply)))
             self.end_headers()
-            self.wfile.write(b"ok")
+            self.wfile.write(reply)
 
         def log_message(self, format: str, *args: object) -> None:
             pass
