@@ -35,7 +35,7 @@ os.environ.setdefault("SECRET_KEY", "bench-only-secret-key")
 os.environ["DJANGO_SETTINGS_MODULE"] = "payments_site.settings"
 
 CORES = os.cpu_count() or 2
-WORKERS = int(os.environ.get("BENCH_WORKERS", CORES))  # a web host's shape (docker/compose.yml): a process per core, 4 threads
+WORKERS = int(os.environ.get("BENCH_WORKERS", CORES))  # a web host of its own: a process per core, 4 threads
 THREADS = int(os.environ.get("BENCH_THREADS", 4))
 CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", WORKERS * THREADS))
 SECONDS = float(os.environ.get("BENCH_SECONDS", 15))

@@ -182,7 +182,6 @@ class DropTaskSuccess(logging.Filter):
         return not (record.levelno == logging.INFO and message.startswith("Task ") and " succeeded in " in message)
 
 
-
 access_log = logging.getLogger("payments.access")
 
 
@@ -190,9 +189,9 @@ class AccessLogMiddleware:
     """The access log: one line per request, written by the app rather than by gunicorn (whose access log is
     off, ``gunicorn.conf.py``). Here it is inside the request's trace and log context, so a line carries the
     trace id and the merchant and order the request was about. A request answered 2xx or 3xx is a routine line,
-    sampled under load like the others (gunicorn's line, written for every request at any load, was about a
-    tenth of a status poll's CPU); a 4xx or 5xx is a WARNING, never sampled. The path is logged without its
-    query string, where a channel's redirect may carry a signature."""
+    sampled under load like the others (gunicorn's was written for every request, whatever the load); a 4xx or
+    5xx is a WARNING, never sampled. The path is logged without its query string, where a channel's redirect may
+    carry a signature (gunicorn's line had it)."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
