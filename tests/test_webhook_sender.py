@@ -13,10 +13,12 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+import psycopg
 import pytest
 from django.db import connection
 
 from payments import outbox
+from payments.listener import conninfo
 from payments.models import Event, WebhookDelivery
 from payments.webhook_sender import WebhookSender
 from payments_site.celery import WebhookSenderStep
@@ -115,6 +117,34 @@ def test_a_sender_whose_connection_broke_sends_on_a_new_one(receiver: Receiver) 
         second = order_with_event(actor, receiver.url("/restart"), number="RESTART-2")
         wait_until(lambda: delivered(second), timeout_s=10, what="the delivery after the connection broke")
     assert [r.headers["webhook-id"] for r in receiver.at("/restart")] == [first.public_id, second.public_id]
+
+
+def test_an_attempt_made_while_the_database_restarts_is_recorded_not_sent_twice(receiver: Receiver) -> None:
+    actor = make_actor("Failover merchant")
+    connection.ensure_connection()
+    test_pid = connection.connection.info.backend_pid
+
+    def restart_postgres() -> None:
+        # While the POST is at the merchant: PostgreSQL ends every session but the sender's LISTEN and this test's
+        # own, the sending thread's among them, so recording the attempt fails once.
+        with psycopg.connect(**conninfo("payments-tests"), autocommit=True) as admin:
+            ended = admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND pid <> pg_backend_pid() AND pid <> %s AND application_name <> %s",
+                [test_pid, WebhookSender.application_name]).fetchone()
+            assert ended is not None and ended[0] >= 1
+
+    with sending(threads=1):
+        warm_up = order_with_event(actor, receiver.url("/warm"), number="FAILOVER-0")
+        wait_until(lambda: delivered(warm_up), timeout_s=10, what="a first delivery (the thread's connection)")
+        receiver.on_post["/failover"] = restart_postgres
+        event = order_with_event(actor, receiver.url("/failover"), number="FAILOVER-1")
+        # Recorded on a new connection within seconds, not sent again once the claim's lease (33 s) ran out.
+        wait_until(lambda: delivered(event), timeout_s=10, what="the attempt recorded after the restart")
+    assert [r.headers["webhook-id"] for r in receiver.at("/failover")] == [event.public_id]
+    delivery = WebhookDelivery.objects.get(event=event)
+    assert (delivery.attempts, delivery.last_status) == (1, 200)
+    assert list(delivery.attempt_rows.values_list("number", "http_status")) == [(1, 200)]
 
 
 def test_only_a_worker_that_consumes_the_webhooks_queue_runs_a_sender() -> None:

@@ -7,7 +7,7 @@ import contextlib
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -27,6 +27,7 @@ class Receiver:
         self.script: dict[str, list[int]] = defaultdict(list)  # path → statuses to answer in turn; then 200
         self.hang_s: dict[str, float] = {}
         self.bodies: dict[str, bytes] = {}  # path → the body to answer with; b"ok" otherwise
+        self.on_post: dict[str, Callable[[], None]] = {}  # path → run while the request is in, before answering
         self.lock = threading.Lock()
         self.server: ThreadingHTTPServer | None = None
         self.connections = 0  # TCP connections accepted
@@ -53,6 +54,7 @@ class Receiver:
             self.script.clear()
             self.hang_s.clear()
             self.bodies.clear()
+            self.on_post.clear()
 
 
 @contextlib.contextmanager
@@ -72,6 +74,9 @@ def running_receiver(*, keep_alive: bool = False) -> Iterator[Receiver]:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             with receiver.lock:
                 receiver.received.append(Received(self.path, dict(self.headers.items()), body))
+            hook = receiver.on_post.get(self.path)
+            if hook is not None:
+                hook()
             hang = receiver.hang_s.get(self.path)
             if hang:
                 time.sleep(hang)

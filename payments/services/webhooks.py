@@ -16,11 +16,12 @@ import json
 import logging
 import random
 import secrets
+import time
 from functools import cache
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from payments import db, metrics, outbox, webhook_http
@@ -147,7 +148,29 @@ def webhook_deliver(*, delivery_id: int) -> WebhookAttempt | None:
     # The scheme was checked when the URL was given (https with live keys); the address is checked again here.
     answer = webhook_http.post(delivery.url, body, msg_id=event.public_id,
                                secrets=signing_secrets(merchant, now=now), live=False)
-    return _record(delivery, number=delivery.attempts, at=now, answer=answer)
+    return _record_made(delivery, number=delivery.attempts, at=now, answer=answer)
+
+
+# The waits before each new try to record an attempt that was made, after a database error.
+RECORD_RETRY_S: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
+
+
+def _record_made(delivery: WebhookDelivery, *, number: int, at: dt.datetime,
+                 answer: webhook_http.Answer) -> WebhookAttempt:
+    """Record an attempt whose POST was made, trying again on a new connection if the database went away
+    meanwhile (a restart, a failover). Its outcome is known: left unrecorded, the delivery would stay claimed until
+    its lease ran out (WEBHOOK_TIMEOUT_S + 30 s), and a delivered event would then be sent a second time."""
+    for delay in (*RECORD_RETRY_S, None):
+        try:
+            return _record(delivery, number=number, at=at, answer=answer)
+        except (OperationalError, InterfaceError) as exc:
+            if delay is None or connection.in_atomic_block:
+                raise
+            log.warning("webhook %s attempt %d made, not recorded yet: database error (%s); trying again in %ss",
+                        delivery.event.public_id, number, exc, delay)
+            connection.close()  # the next statement connects again
+            time.sleep(delay)
+    raise AssertionError("unreachable")
 
 
 def _record(delivery: WebhookDelivery, *, number: int, at: dt.datetime, answer: webhook_http.Answer) -> WebhookAttempt:
