@@ -102,8 +102,8 @@ class WebhookSender(Listener):
                     return
                 except (OperationalError, InterfaceError) as exc:
                     # The database went away (a restart, a failover): as the deliver_webhook task does, try again
-                    # on a new connection. A claim that failed claimed nothing, and one that was made keeps a
-                    # second try off the delivery until its lease ends.
+                    # on a new connection. A claim that failed claimed nothing; an attempt already POSTed is
+                    # recorded by webhook_deliver itself, and only one it could not record waits out its lease.
                     if delay is None or self.stop.is_set():
                         raise
                     log.warning("webhook sender: delivery %s: database error (%s); trying again in %ss",
