@@ -72,10 +72,11 @@ def setup_tracing() -> None:
         # PATH_INFO, and OpenTelemetry's URL builder crashes on a path character beyond latin-1 (a 500).
         settings.MIDDLEWARE.insert(0, "payments.api.middleware.WsgiPathInfoMiddleware")
         CeleryInstrumentor().instrument()
-        # httpx (the channel calls, the webhooks) and psycopg (a span per query): only when spans are exported.
-        # Neither carries a trace id anywhere we read it (channels and merchants ignore a traceparent), and
-        # unrecorded, their spans tell nobody anything: the httpx wrapper was a fourteenth of a webhook
-        # worker's CPU, and a query span costs some 40 µs of Python (a tenth of a created order's time).
+        # httpx (the channel calls; a webhook POST makes its own span, payments/webhook_http.py) and psycopg (a
+        # span per query): only when spans are exported. Neither carries a trace id anywhere we read it (channels
+        # ignore a traceparent), and unrecorded, their spans tell nobody anything: the httpx wrapper was a
+        # fourteenth of a webhook worker's CPU, and a query span costs some 40 µs of Python (a tenth of a created
+        # order's time).
         HTTPXClientInstrumentor().instrument(request_hook=_drop_query_string)
         PsycopgInstrumentor().instrument()
 

@@ -69,6 +69,30 @@ def test_the_console_exporter_prints_the_spans_of_a_request(db, settings) -> Non
     assert any(span["attributes"].get("db.system") == "postgresql" for span in spans)  # psycopg, when exported
 
 
+def test_a_webhook_post_is_a_client_span_without_the_query_string_when_spans_are_exported() -> None:
+    code = (
+        "import django; django.setup()\n"
+        "from opentelemetry import trace\n"
+        "from payments import webhook_http\n"
+        "from tests.webhook_receiver import running_receiver\n"
+        "with running_receiver() as receiver, trace.get_tracer('t').start_as_current_span('deliver_webhook'):\n"
+        "    answer = webhook_http.post(receiver.url('/h?token=s3cret'), b'{}', msg_id='evt_1',\n"
+        "                               secrets=['whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw'], live=False)\n"
+        "print('status', answer.status)\n"
+    )
+    env = {**os.environ, "OTEL_TRACES_EXPORTER": "console", "DJANGO_SETTINGS_MODULE": "payments_site.settings",
+           "LOG_LEVEL": "WARNING", "WEBHOOK_ALLOWED_HOSTS": "127.0.0.0/8"}
+    env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "status 200" in out.stdout
+    spans = {span["name"]: span for span in map(json.loads, _json_objects(out.stdout))}
+    post = spans["POST"]
+    assert (post["kind"], post["parent_id"]) == ("SpanKind.CLIENT", spans["deliver_webhook"]["context"]["span_id"])
+    assert post["attributes"]["http.response.status_code"] == 200
+    assert post["attributes"]["url.full"].endswith("/h") and "s3cret" not in out.stdout
+
+
 def _json_objects(text: str) -> list[str]:
     """The top-level JSON objects the console exporter printed (one per span, pretty-printed)."""
     objects, depth, start = [], 0, 0

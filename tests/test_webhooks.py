@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +19,7 @@ from payments.metrics import StateCollector
 from payments.models import Event, Merchant, WebhookAttempt, WebhookDelivery
 from payments.services.webhooks import signing_secrets
 from tests.conftest import Actor, make_actor
+from tests.tls_support import LoopbackCA, make_ca
 from tests.webhook_receiver import Receiver, running_receiver
 
 LOOPBACK = ["localhost", "127.0.0.0/8", "::1"]
@@ -152,6 +154,51 @@ def test_sends_to_one_endpoint_share_a_connection_unless_it_answers_at_length(db
             attempt = services.webhook_deliver(delivery_id=WebhookDelivery.objects.get(event=event).pk)
             assert attempt is not None and attempt.http_status == 200
         assert receiver.connections == 3
+
+
+def test_a_kept_connection_the_receiver_closed_meanwhile_is_not_used(db, settings) -> None:
+    settings.WEBHOOK_ALLOWED_HOSTS = LOOPBACK
+    actor = make_actor("Idle merchant")
+    with running_receiver(keep_alive=True, idle_s=0.2) as receiver:
+        for number in ("WH-I1", "WH-I2"):
+            event = order_with_event(actor, receiver.url("/h"), number=number)
+            attempt = services.webhook_deliver(delivery_id=WebhookDelivery.objects.get(event=event).pk)
+            assert attempt is not None and (attempt.http_status, attempt.error) == (200, "")
+            time.sleep(0.5)  # the receiver closes the idle connection: the next send connects again
+        assert (len(receiver.at("/h")), receiver.connections) == (2, 2)
+
+
+@pytest.fixture
+def test_ca(tmp_path, monkeypatch) -> Iterator[LoopbackCA]:
+    """A CA of the test's own, trusted by the webhook sender (``SSL_CERT_FILE``) for the test only."""
+    ca = make_ca(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca.cert_file))
+    webhook_http._tls.cache_clear()
+    yield ca
+    webhook_http._tls.cache_clear()
+
+
+def test_an_https_endpoint_is_reached_at_the_checked_address_and_verified_against_its_name(db, dns, settings,
+                                                                                            test_ca) -> None:
+    settings.WEBHOOK_ALLOWED_HOSTS = LOOPBACK
+    dns["shop.example"] = dns["elsewhere.example"] = "127.0.0.1"
+    actor = make_actor("TLS merchant")
+    with running_receiver(keep_alive=True, tls=test_ca.server_context("shop.example")) as receiver:
+        port = receiver.server.server_address[1] if receiver.server else 0
+        for number, name in (("WH-T1", "shop.example"), ("WH-T2", "shop.example")):
+            event = order_with_event(actor, f"https://{name}:{port}/h", number=number)
+            attempt = services.webhook_deliver(delivery_id=WebhookDelivery.objects.get(event=event).pk)
+            assert attempt is not None and (attempt.http_status, attempt.error) == (200, "")
+        # The name travels as the Host header and as the TLS server name; the second send kept the connection.
+        assert [r.headers["Host"] for r in receiver.at("/h")] == [f"shop.example:{port}"] * 2
+        assert receiver.connections == 1
+        # The same address under a name its certificate is not for: the certificate is checked against the name,
+        # not the address, so nothing is sent.
+        event = order_with_event(actor, f"https://elsewhere.example:{port}/h", number="WH-T3")
+        attempt = services.webhook_deliver(delivery_id=WebhookDelivery.objects.get(event=event).pk)
+        assert attempt is not None and attempt.http_status is None
+        assert attempt.error.startswith("SSLCertVerificationError") and "elsewhere.example" in attempt.error
+        assert len(receiver.at("/h")) == 2
 
 
 def test_after_the_last_attempt_the_delivery_is_failed_and_stays_visible(receiver: Receiver, db) -> None:

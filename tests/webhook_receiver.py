@@ -4,6 +4,7 @@ answers as each path is scripted to (statuses in turn, or a hang)."""
 from __future__ import annotations
 
 import contextlib
+import ssl
 import threading
 import time
 from collections import defaultdict
@@ -58,12 +59,15 @@ class Receiver:
 
 
 @contextlib.contextmanager
-def running_receiver(*, keep_alive: bool = False) -> Iterator[Receiver]:
-    """The receiver, running; with ``keep_alive``, it speaks HTTP/1.1 and keeps connections open, as most do."""
+def running_receiver(*, keep_alive: bool = False, idle_s: float | None = None,
+                     tls: ssl.SSLContext | None = None) -> Iterator[Receiver]:
+    """The receiver, running; with ``keep_alive``, it speaks HTTP/1.1 and keeps connections open, as most do (and
+    with ``idle_s``, closes one idle that long); with ``tls``, it speaks https with that server context."""
     receiver = Receiver()
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1" if keep_alive else "HTTP/1.0"
+        timeout = idle_s
 
         def setup(self) -> None:
             with receiver.lock:
@@ -92,6 +96,8 @@ def running_receiver(*, keep_alive: bool = False) -> Iterator[Receiver]:
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     receiver.server = server
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
