@@ -113,8 +113,9 @@ class Dispatcher(Listener):
             self._missed = True
             return False
         try:
-            # By name: routed by celeryconfig's task_routes as apply_async would be.
-            current_app.send_task(TASKS[name], args=(object_id,))
+            # By name: routed by celeryconfig's task_routes as apply_async would be. The arguments' repr for
+            # monitoring is given: Celery's saferepr of them took 40-60 µs of a publish's 300.
+            current_app.send_task(TASKS[name], args=(object_id,), argsrepr=f"({object_id},)", kwargsrepr="{}")
         except Exception as exc:  # whatever the broker's client raises, the dispatcher carries on
             self._broker_down_until = time.monotonic() + self.broker_retry_s
             log.warning("dispatcher: publishing %s(%s) failed (%s); it will be from the rows once the broker is"
