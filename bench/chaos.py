@@ -779,13 +779,17 @@ class Drill:
                 fault_end.append(time.monotonic())
             # Time to recover: until everything that existed when the fault ended is settled (later work is the
             # load's, not the fault's).
+            # It looks at least once: a fault that ends late (a worker being restarted) may end after the load's
+            # own recovery wait has given up, with everything settled already.
             wall = dt.datetime.now(dt.UTC)
             deadline = time.monotonic() + self.args.driver_deadline_s + self.args.recovery_s
-            while time.monotonic() < deadline and not given_up.is_set():
+            while True:
                 with contextlib.suppress(Exception):
                     if unsettled(self.stack, merchant, before=wall) == 0:
                         recovered_at.append(time.monotonic())
                         return
+                if time.monotonic() >= deadline or given_up.is_set():
+                    return
                 time.sleep(1)
 
         injector = threading.Thread(target=fault_thread, daemon=True)
