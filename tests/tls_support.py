@@ -43,8 +43,9 @@ class LoopbackCA:
 def make_ca(folder: Path) -> LoopbackCA:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Payments test CA")])
-    return LoopbackCA(key, _certificate(subject="Payments test CA", public_key=key.public_key(), issuer=name,
-                                    signer=key, ca=True, names=[]), folder)
+    cert = _certificate(subject="Payments test CA", public_key=key.public_key(), issuer=name, signer=key, ca=True,
+                        names=[])
+    return LoopbackCA(key, cert, folder)
 
 
 def _certificate(*, subject: str, public_key: ec.EllipticCurvePublicKey, issuer: x509.Name,
