@@ -15,22 +15,17 @@ from __future__ import annotations
 import datetime as dt
 import http.client
 import ipaddress
-import select
 import socket
-import ssl
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cache
 from urllib.parse import urlsplit
 
-import httpx
 from django.conf import settings
-from opentelemetry import trace
 from standardwebhooks import Webhook
 
-_tracer = trace.get_tracer(__name__)
+from channels import keepalive
+
 USER_AGENT = "payments-processor-webhooks/1.0 (+https://github.com/payments-processor)"
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -119,84 +114,12 @@ def signature(body: bytes, *, msg_id: str, at: dt.datetime, secrets: Sequence[st
     return " ".join(Webhook(secret).sign(msg_id, at, body) for secret in secrets)
 
 
-# The connections kept for the next send, per target (scheme, checked address, port, host name: a TLS connection
-# was verified for its name), each with when it was last used. At most KEEP_CONNECTIONS per target, each for up to
-# KEEP_IDLE_S: a webhooks worker's threads send to a busy endpoint at once, and with fewer kept, each burst would
-# connect again (a TCP and a TLS handshake each).
-Target = tuple[str, str, int, str]
-KEEP_CONNECTIONS = 20
-KEEP_IDLE_S = 5.0
-_idle: dict[Target, list[tuple[http.client.HTTPConnection, float]]] = {}
-_idle_lock = threading.Lock()
-
-
-@cache
-def _tls() -> ssl.SSLContext:
-    """Certificates checked, against the trust store the channel calls use (httpx's: certifi's, or the file or
-    directory that ``SSL_CERT_FILE`` or ``SSL_CERT_DIR`` names)."""
-    return httpx.create_ssl_context()
-
-
-class _TlsConnection(http.client.HTTPSConnection):
-    """TLS to the checked address, with the URL's host name as the server name: the certificate is checked against
-    the name, never against the address."""
-
-    def __init__(self, address: str, port: int, *, server_name: str, timeout: float) -> None:
-        super().__init__(address, port, timeout=timeout, context=_tls())
-        self.server_name = server_name
-
-    def connect(self) -> None:
-        http.client.HTTPConnection.connect(self)
-        self.sock = _tls().wrap_socket(self.sock, server_hostname=self.server_name)
-
-
-def _connection(target: Target) -> http.client.HTTPConnection:
-    """A kept connection to ``target`` that is still open, or a new one (it connects when the request is sent)."""
-    now = time.monotonic()
-    while True:
-        with _idle_lock:
-            kept = _idle.get(target)
-            if not kept:
-                _idle.pop(target, None)
-                break
-            connection, since = kept.pop()  # the one used last: the likeliest to be open still
-        if now - since < KEEP_IDLE_S and not _closed_by_peer(connection):
-            return connection
-        connection.close()
-    scheme, address, port, name = target
-    timeout = settings.WEBHOOK_TIMEOUT_S
-    if scheme == "https":
-        return _TlsConnection(address, port, server_name=name, timeout=timeout)
-    return http.client.HTTPConnection(address, port, timeout=timeout)
-
-
-def _closed_by_peer(connection: http.client.HTTPConnection) -> bool:
-    """Whether the receiver closed (or wrote to) a kept connection while it was idle: it cannot carry a request."""
-    sock = connection.sock
-    return sock is None or bool(select.select([sock], [], [], 0)[0])
-
-
-def _keep(target: Target, connection: http.client.HTTPConnection) -> None:
-    """Keep the connection for the next send to ``target``, and close those kept that were idle too long."""
-    now = time.monotonic()
-    with _idle_lock:
-        kept = _idle.setdefault(target, [])
-        closing = [c for c, since in kept if now - since >= KEEP_IDLE_S]
-        kept[:] = [(c, since) for c, since in kept if now - since < KEEP_IDLE_S]
-        if len(kept) < KEEP_CONNECTIONS:
-            kept.append((connection, now))
-        else:
-            closing.append(connection)
-    for idle in closing:
-        idle.close()
-
-
 def post(url: str, body: bytes, *, msg_id: str, secrets: Sequence[str], live: bool) -> Answer:
     """POST ``body`` to ``url`` signed with ``secrets``; never raises. Connects to the address that was checked.
 
-    Python's own ``http.client``, not httpx: a webhook is one small POST on a kept connection, and httpx spent four
-    times the CPU on it (350 µs against 90 on loopback); the webhooks worker went from 3.2 to 2.3 ms of CPU per
-    payment (two sends, ``make bench-e2e``).
+    Python's own ``http.client`` on connections ``channels.keepalive`` keeps, not httpx: a webhook is one small POST
+    on a kept connection, and httpx spent four times the CPU on it (350 µs against 90 on loopback); the webhooks
+    worker went from 3.2 to 2.3 ms of CPU per payment (two sends, ``make bench-e2e``).
     Redirects are never followed: a 3xx is not a delivery, and following one would skip the address check."""
     started = time.monotonic()
 
@@ -225,23 +148,16 @@ def post(url: str, body: bytes, *, msg_id: str, secrets: Sequence[str], live: bo
     # The request goes to the checked address; the name still travels as the Host header and, for https, as
     # the TLS server name (so the certificate is checked against the name, not the address).
     target = (scheme, str(addresses[0]), port, host)
-    # The client span OpenTelemetry's httpx instrumentation made, when spans are exported: the URL without its
-    # query string (a merchant may put a token there).
-    with _tracer.start_as_current_span("POST", kind=trace.SpanKind.CLIENT) as span:
-        if span.is_recording():
-            span.set_attributes({"http.request.method": "POST", "url.full": url.split("?", 1)[0],
-                                 "server.address": host, "server.port": port})
+    with keepalive.client_span("POST", url, host, port) as span:
         status, error = _send(target, path, body, headers, started)
-        if span.is_recording() and status is not None:
-            span.set_attribute("http.response.status_code", status)
-        elif span.is_recording():
-            span.set_attribute("error.type", error.split(":", 1)[0])
+        keepalive.span_answered(span, status, error)
     return answer(status, error)
 
 
-def _send(target: Target, path: str, body: bytes, headers: dict[str, str], started: float) -> tuple[int | None, str]:
+def _send(target: keepalive.Target, path: str, body: bytes, headers: dict[str, str],
+          started: float) -> tuple[int | None, str]:
     """(status, error) of the POST, on a kept connection to ``target`` or a new one."""
-    connection = _connection(target)
+    connection = keepalive.connection(target, timeout=settings.WEBHOOK_TIMEOUT_S)
     try:
         connection.request("POST", path, body, headers)
         response = connection.getresponse()
@@ -253,7 +169,7 @@ def _send(target: Target, path: str, body: bytes, headers: dict[str, str], start
         return None, f"{type(exc).__name__}: {exc}"
     status = response.status  # only the status decides; the body is read only to keep the connection
     if _finish(response, started):
-        _keep(target, connection)
+        keepalive.keep(target, connection)
     else:
         connection.close()
     return status, "" if 200 <= status < 300 else f"HTTP {status}"

@@ -72,8 +72,9 @@ def setup_tracing() -> None:
         # PATH_INFO, and OpenTelemetry's URL builder crashes on a path character beyond latin-1 (a 500).
         settings.MIDDLEWARE.insert(0, "payments.api.middleware.WsgiPathInfoMiddleware")
         CeleryInstrumentor().instrument()
-        # httpx (the channel calls; a webhook POST makes its own span, payments/webhook_http.py) and psycopg (a
-        # span per query): only when spans are exported. Neither carries a trace id anywhere we read it (channels
+        # httpx (the bill downloads, and channel calls through a proxy; a channel call or a webhook POST on a kept
+        # connection makes its own span, channels/keepalive.py) and psycopg (a span per query): only when spans
+        # are exported. Neither carries a trace id anywhere we read it (channels
         # ignore a traceparent), and unrecorded, their spans tell nobody anything: the httpx wrapper was a
         # fourteenth of a webhook worker's CPU, and a query span costs some 40 µs of Python (a tenth of a created
         # order's time).

@@ -11,10 +11,12 @@ import pytest
 from django.conf import settings
 from rest_framework.test import APIClient
 
+from channels import keepalive
 from channels.breaker import SharedBreaker
 from channels.registry import breakers
 from payments import services
 from payments.models import Merchant
+from tests.tls_support import LoopbackCA, make_ca
 
 
 class Actor:
@@ -151,3 +153,14 @@ def json_lines(text: str) -> list[dict]:
             except ValueError:
                 pass  # a line cut by a concurrent write of the banner; not ours to check
     return lines
+
+
+@pytest.fixture
+def test_ca(tmp_path, monkeypatch) -> Iterator[LoopbackCA]:
+    """A CA of the test's own, trusted by the channel calls and the webhook POSTs (``SSL_CERT_FILE``) for the test
+    only."""
+    ca = make_ca(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca.cert_file))
+    keepalive.tls_context.cache_clear()
+    yield ca
+    keepalive.tls_context.cache_clear()

@@ -70,27 +70,46 @@ def test_the_console_exporter_prints_the_spans_of_a_request(db, settings) -> Non
 
 
 def test_a_webhook_post_is_a_client_span_without_the_query_string_when_spans_are_exported() -> None:
-    code = (
-        "import django; django.setup()\n"
-        "from opentelemetry import trace\n"
+    post, printed = _exported_post_span(
         "from payments import webhook_http\n"
-        "from tests.webhook_receiver import running_receiver\n"
-        "with running_receiver() as receiver, trace.get_tracer('t').start_as_current_span('deliver_webhook'):\n"
+        "with running_receiver() as receiver, trace.get_tracer('t').start_as_current_span('parent'):\n"
         "    answer = webhook_http.post(receiver.url('/h?token=s3cret'), b'{}', msg_id='evt_1',\n"
         "                               secrets=['whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw'], live=False)\n"
-        "print('status', answer.status)\n"
+        "print('status', answer.status)\n",
+        WEBHOOK_ALLOWED_HOSTS="127.0.0.0/8",
     )
+    assert post["attributes"]["url.full"].endswith("/h") and "s3cret" not in printed
+
+
+def test_a_channel_call_is_a_client_span_without_the_query_string_when_spans_are_exported() -> None:
+    post, printed = _exported_post_span(
+        "from channels.http import Timeouts, new_client, send\n"
+        "client = new_client(Timeouts())\n"
+        "with running_receiver() as receiver, trace.get_tracer('t').start_as_current_span('parent'):\n"
+        "    request = client.build_request('POST', receiver.url('/gateway.do?sign=s3cret'), content=b'{}')\n"
+        "    print('status', send(client, request).status_code)\n",
+    )
+    assert post["attributes"]["url.full"].endswith("/gateway.do") and "s3cret" not in printed
+
+
+def _exported_post_span(code: str, **env_vars: str) -> tuple[dict, str]:
+    """Run ``code`` (a POST to a receiver inside a span named "parent") in a fresh process that prints its spans;
+    check the POST's client span and return it, with all that was printed."""
+    prelude = ("import django; django.setup()\n"
+               "from opentelemetry import trace\n"
+               "from tests.webhook_receiver import running_receiver\n")
     env = {**os.environ, "OTEL_TRACES_EXPORTER": "console", "DJANGO_SETTINGS_MODULE": "payments_site.settings",
-           "LOG_LEVEL": "WARNING", "WEBHOOK_ALLOWED_HOSTS": "127.0.0.0/8"}
+           "LOG_LEVEL": "WARNING", **env_vars}
     env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-c", prelude + code], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=60)
     assert out.returncode == 0, out.stderr
     assert "status 200" in out.stdout
     spans = {span["name"]: span for span in map(json.loads, _json_objects(out.stdout))}
     post = spans["POST"]
-    assert (post["kind"], post["parent_id"]) == ("SpanKind.CLIENT", spans["deliver_webhook"]["context"]["span_id"])
+    assert (post["kind"], post["parent_id"]) == ("SpanKind.CLIENT", spans["parent"]["context"]["span_id"])
     assert post["attributes"]["http.response.status_code"] == 200
-    assert post["attributes"]["url.full"].endswith("/h") and "s3cret" not in out.stdout
+    return post, out.stdout
 
 
 def _json_objects(text: str) -> list[str]:

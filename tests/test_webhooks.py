@@ -19,7 +19,6 @@ from payments.metrics import StateCollector
 from payments.models import Event, Merchant, WebhookAttempt, WebhookDelivery
 from payments.services.webhooks import signing_secrets
 from tests.conftest import Actor, make_actor
-from tests.tls_support import LoopbackCA, make_ca
 from tests.webhook_receiver import Receiver, running_receiver
 
 LOOPBACK = ["localhost", "127.0.0.0/8", "::1"]
@@ -166,16 +165,6 @@ def test_a_kept_connection_the_receiver_closed_meanwhile_is_not_used(db, setting
             assert attempt is not None and (attempt.http_status, attempt.error) == (200, "")
             time.sleep(0.5)  # the receiver closes the idle connection: the next send connects again
         assert (len(receiver.at("/h")), receiver.connections) == (2, 2)
-
-
-@pytest.fixture
-def test_ca(tmp_path, monkeypatch) -> Iterator[LoopbackCA]:
-    """A CA of the test's own, trusted by the webhook sender (``SSL_CERT_FILE``) for the test only."""
-    ca = make_ca(tmp_path)
-    monkeypatch.setenv("SSL_CERT_FILE", str(ca.cert_file))
-    webhook_http._tls.cache_clear()
-    yield ca
-    webhook_http._tls.cache_clear()
 
 
 def test_an_https_endpoint_is_reached_at_the_checked_address_and_verified_against_its_name(db, dns, settings,
