@@ -54,10 +54,10 @@ def send(client: httpx.Client, request: httpx.Request) -> httpx.Response:
         if connection.sock is None:
             try:
                 connection.connect()
-            except TimeoutError as exc:
-                raise Retryable("channel unreachable: ConnectTimeout", code="channel_unreachable") from exc
-            except OSError as exc:  # refused, unreachable, a TLS handshake or certificate that failed
-                raise Retryable(f"channel unreachable: {type(exc).__name__}", code="channel_unreachable") from exc
+            except OSError as exc:  # refused, unreachable, timed out, a TLS handshake or certificate that failed
+                connection.close()  # a TLS handshake that failed leaves the TCP connection open
+                kind = "ConnectTimeout" if isinstance(exc, TimeoutError) else type(exc).__name__
+                raise Retryable(f"channel unreachable: {kind}", code="channel_unreachable") from exc
         sock = connection.sock
         try:
             sock.settimeout(timeouts["write"])
