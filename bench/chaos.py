@@ -180,6 +180,10 @@ class Stack:
         self.gate = Gate(self.sim_port)
         self.restarts = 0  # processes that exited by themselves and were started again
         self.commands: dict[str, tuple[list[str], dict[str, str]]] = {}  # how to start each one again
+        # Held while a process is restarted on purpose (restart) and while check_alive looks: the recovery loop's
+        # check_alive once found a worker the fault thread had just killed and started it too, and the fault thread's
+        # own start then left the first copy running, unknown to stop(), after the drill.
+        self.restart_lock = threading.Lock()
         self.redis_proc: subprocess.Popen | None = None
         self.pg_started = False
         self.database_url = f"postgres://postgres@127.0.0.1:{self.pg_port}/payments_chaos"
@@ -309,6 +313,10 @@ class Stack:
         self.check_alive()
 
     def check_alive(self) -> None:
+        with self.restart_lock:
+            self._restart_exited()
+
+    def _restart_exited(self) -> None:
         for name, proc in list(self.procs.items()):
             if proc.poll() is None:
                 continue
@@ -347,6 +355,14 @@ class Stack:
             return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
         except OSError:
             return []
+
+    def restart(self, name: str, *, down_s: float = 1.0) -> None:
+        """Kill a process and its children, and start it again ``down_s`` later, as a supervisor would."""
+        with self.restart_lock:
+            self.kill_tree(name)
+            time.sleep(down_s)
+            args, env = self.commands[name]
+            self.spawn(name, args, **env)
 
     def kill_tree(self, name: str) -> None:
         """SIGKILL a process and its children, as a supervisor's control group kill would."""
@@ -853,9 +869,7 @@ def kill_workers(drill: Drill) -> None:
         drill.stack.check_alive()
         name = rng.choice(["worker1", "worker2"])
         if kills % 6 == 5:
-            drill.stack.kill_tree(name)
-            time.sleep(1)
-            drill.stack.start_worker(name)
+            drill.stack.restart(name)
         else:
             kids = drill.stack.children(drill.stack.procs[name].pid)
             if kids:
