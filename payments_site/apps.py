@@ -1,6 +1,10 @@
-"""The project as an app, only so that observability is set up once Django is ready, in every process."""
+"""The project as an app, only so that observability (and, in a server, the garbage collector) is set up once
+Django is ready, in every process."""
 
 from __future__ import annotations
+
+import os
+import sys
 
 from django.apps import AppConfig
 
@@ -25,3 +29,16 @@ class SiteConfig(AppConfig):
                 logs.set_service("beat")
             telemetry.setup_tracing()
         telemetry.setup_sentry()
+        if _running_command(LONG_RUNNING_COMMANDS):
+            # Web and Celery processes tune once they have loaded what they serve with (wsgi.py, celery.py).
+            from payments_site.gc_tuning import tune_after_startup
+
+            tune_after_startup()
+
+
+# The management commands that serve until stopped.
+LONG_RUNNING_COMMANDS = ("run_dispatcher", "run_simulator")
+
+
+def _running_command(names: tuple[str, ...]) -> bool:
+    return os.path.basename(sys.argv[0]) == "manage.py" and len(sys.argv) > 1 and sys.argv[1] in names

@@ -106,6 +106,16 @@ def _worker_tracing_without_fork(sender: Any = None, **_: Any) -> None:
     metrics.start_worker_exporter()
 
 
+@signals.worker_ready.connect
+@signals.worker_process_init.connect
+@signals.beat_init.connect
+def _started(**_: Any) -> None:
+    """The worker consumes (its tasks imported, its pool up), a prefork pool's child runs, or beat ticks."""
+    from payments_site.gc_tuning import tune_after_startup
+
+    tune_after_startup()
+
+
 @signals.worker_process_shutdown.connect
 def _worker_process_gone(**_: Any) -> None:
     from payments_site import metrics

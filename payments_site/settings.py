@@ -122,6 +122,10 @@ DATABASES["default"]["ENGINE"] = "payments_site.db_backend"
 DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = 5
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# Allocations between two young collections of Python's garbage collector, set once a process has started
+# (payments_site/gc_tuning.py); 0 keeps Python's 700.
+GC_GEN0_THRESHOLD = env.int("GC_GEN0_THRESHOLD", default=10000)
+
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
 # Celery's broker (celeryconfig.py): Redis by default.
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
