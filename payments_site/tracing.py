@@ -22,6 +22,9 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from payments import observability
 
 _propagator = TraceContextTextMapPropagator()
+# Resolved to the process's tracer provider on first use (a task's): TracerProvider.get_tracer builds a new
+# tracer and its scope on every call.
+_tracer = trace.get_tracer(__name__)
 
 
 class RequestSpanMiddleware:
@@ -83,7 +86,7 @@ def _start_task_span(task_id: str | None = None, task: Any = None, **_: Any) -> 
     carrier = {"traceparent": str(getattr(request, "traceparent", None) or ""),
                "tracestate": str(getattr(request, "tracestate", None) or "")}
     parent = _propagator.extract(carrier)
-    span = trace.get_tracer(__name__).start_span(str(task.name), context=parent, kind=trace.SpanKind.CONSUMER)
+    span = _tracer.start_span(str(task.name), context=parent, kind=trace.SpanKind.CONSUMER)
     _task_spans[task_id, threading.get_ident()] = (span, context.attach(trace.set_span_in_context(span, parent)))
 
 
