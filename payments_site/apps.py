@@ -1,5 +1,5 @@
-"""The project as an app, only so that observability (and, in a server, the garbage collector) is set up once
-Django is ready, in every process."""
+"""The project as an app, only so that observability is set up once Django is ready, in every process (and the
+garbage collector in the long-running management commands)."""
 
 from __future__ import annotations
 

@@ -13,8 +13,9 @@ Two costs, measured with ``make bench-e2e`` (gc callbacks timing each collection
   young collections, most of a request's objects are gone before one runs.
 
 Together they took the web's collections from 8-9 % of its CPU to 3-4 %, and a charges worker's from 1.6-2.6 % to
-nothing measurable: 0.5-1 ms of the project's CPU per paid order (alternated runs, bench/results/). The garbage is
-still collected, at the cost of some 10,000 objects held a little longer.
+nothing measurable: about 0.4 ms of the project's CPU per paid order in the collector itself (the alternated runs
+moved by 0.5-2.8 ms, bench/results/e2e-2026-12-06-2cores.txt), and no more pauses of 80 ms. The garbage is still
+collected, at the cost of some 10,000 objects held a little longer; peak memory under load did not change.
 
 Web processes tune in ``wsgi.py``, Celery's in ``celery.py`` (worker, pool child, beat), and the long-running
 management commands when Django is ready (``apps.py``). Anything else (tests, migrations, a shell) is left as
